@@ -1,0 +1,1 @@
+"""The core: hook specs, plugin interfaces, configs, engine, scheduler and KV cache."""

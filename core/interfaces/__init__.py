@@ -1,0 +1,23 @@
+"""One abstract base class per plugin kind. Plugins subclass these."""
+
+from fw.core.interfaces.model import CausalLM
+from fw.core.interfaces.model_source import ModelSource, ResolvedModel
+from fw.core.interfaces.parsers import DeltaMessage, ExtractedToolCalls, ReasoningParser, ToolCall, ToolParser
+from fw.core.interfaces.platform import MemoryInfo, Platform
+from fw.core.interfaces.quantization import QuantizationMethod
+from fw.core.interfaces.weight_loader import WeightLoader
+
+__all__ = [
+    "CausalLM",
+    "DeltaMessage",
+    "ExtractedToolCalls",
+    "MemoryInfo",
+    "ModelSource",
+    "Platform",
+    "QuantizationMethod",
+    "ReasoningParser",
+    "ResolvedModel",
+    "ToolCall",
+    "ToolParser",
+    "WeightLoader",
+]

@@ -1,0 +1,1 @@
+"""Native model implementations (Llama family), registered through the model-architecture hook."""

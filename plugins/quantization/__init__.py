@@ -1,0 +1,1 @@
+"""Built-in quantization methods (AWQ, GPTQ, FP8, ...) as plugins."""
