@@ -138,7 +138,8 @@ def _describe_error(exc: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
     frame = frames[-1] if frames else None
     where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 def discover_entry_points() -> list[tuple[PluginRecord, Callable[[], Any]]]:
@@ -179,7 +180,7 @@ def load_plugins(
     records: list[PluginRecord] = []
     candidates = discover_entry_points() if entry_points else []
     candidates += [
-        (PluginRecord(name, "(in-process)", "", getattr(obj, "__name__", repr(obj)), False), lambda obj=obj: obj)
+        (PluginRecord(name, "(in-process)", "", getattr(obj, "__name__", type(obj).__name__), False), lambda obj=obj: obj)
         for name, obj in extra
     ]
     for record, load in candidates:

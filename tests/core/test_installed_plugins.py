@@ -1,0 +1,122 @@
+"""Plugins installed for real: the example package from examples/, and broken distributions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "fw-example-plugin"
+FW = [sys.executable, "-m", "fw"]
+
+
+def run_fw(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*FW, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fw {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def plugin_records(env: dict[str, str] | None = None) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads(run_fw("plugins", "list", "--json", env=env).stdout)}
+
+
+@pytest.fixture(scope="module")
+def example_plugin_installed(tmp_path_factory):
+    """pip-installs examples/fw-example-plugin into this environment, and removes it afterwards."""
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "install", "--no-deps", "--quiet", str(EXAMPLE)], check=True, timeout=300,
+                   cwd=tmp_path_factory.mktemp("pip"))
+    try:
+        yield
+    finally:
+        subprocess.run([*pip, "uninstall", "--yes", "--quiet", "fw-example-plugin"], check=True, timeout=120)
+
+
+def test_example_plugin_shows_in_plugins_list(example_plugin_installed):
+    record = plugin_records()["example"]
+    assert record["distribution"] == "fw-example-plugin"
+    assert record["version"] == "0.1.0"
+    assert record["status"] == "loaded"
+    assert record["builtin"] is False
+    assert set(record["provides"]) == {"reasoning parser: example-think", "model source: example"}
+
+    table = run_fw("plugins", "list").stdout
+    line = next(line for line in table.splitlines() if line.split() and line.split()[0] == "example")
+    assert "fw-example-plugin" in line and "loaded" in line
+
+
+def test_example_plugin_is_selected_by_name(example_plugin_installed, tmp_path):
+    # Its model source resolves example://tiny-llama and its reasoning parser is a valid choice.
+    result = run_fw("serve", "example://tiny-llama", "--reasoning-parser", "example-think",
+                    env={"FW_CACHE_DIR": str(tmp_path)}, check=False)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert "example/tiny-llama" in output, output  # the served name the example source gave
+    assert (tmp_path / "example-plugin" / "tiny-llama" / "config.json").is_file()
+
+    rejected = run_fw("serve", "example://tiny-llama", "--reasoning-parser", "nope", check=False)
+    assert rejected.returncode != 0
+    assert "example-think" in rejected.stderr  # the error lists what is available
+
+
+def test_example_plugin_can_be_blocked_or_left_out(example_plugin_installed):
+    assert plugin_records({"FW_BLOCKED_PLUGINS": "example"})["example"]["status"] == "blocked"
+    assert plugin_records({"FW_PLUGINS": "other"})["example"]["status"] == "disabled"
+    assert plugin_records({"FW_DISABLE_PLUGIN_AUTOLOAD": "1"})["example"]["status"] == "disabled"
+    assert plugin_records({"FW_DISABLE_PLUGIN_AUTOLOAD": "1", "FW_PLUGINS": "example"})["example"]["status"] == "loaded"
+
+
+def write_distribution(site: Path, dist: str, entry_points: str, modules: dict[str, str]) -> None:
+    """A minimal installed distribution (dist-info + modules) in ``site``, as pip would leave it."""
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def broken_site(tmp_path) -> dict[str, str]:
+    site = tmp_path / "site"
+    write_distribution(site, "fw-broken-import", """
+        [fw.plugins]
+        broken-import = fw_broken_import
+    """, {"fw_broken_import": "import a_module_that_does_not_exist\n"})
+    write_distribution(site, "fw-broken-hook", """
+        [fw.plugins]
+        broken-hook = fw_broken_hook
+    """, {"fw_broken_hook": """
+        from fw.core.hookspecs import hookimpl
+
+        @hookimpl
+        def fw_register_tool_parsers(registry):
+            raise RuntimeError("tool parser table is corrupt")
+    """})
+    return {"PYTHONPATH": str(site)}
+
+
+def test_broken_plugins_are_reported_and_the_rest_works(broken_site):
+    records = plugin_records(broken_site)
+    assert records["broken-import"]["status"] == "broken"
+    assert "a_module_that_does_not_exist" in records["broken-import"]["error"]
+    assert records["broken-hook"]["status"] == "broken"
+    assert "tool parser table is corrupt" in records["broken-hook"]["error"]
+    assert records["cpu"]["status"] == "loaded"
+
+    table = run_fw("plugins", "list", env=broken_site).stdout
+    assert "broken-import" in table and "broken" in table and "a_module_that_does_not_exist" in table
+
+
+def test_asking_for_what_a_broken_plugin_may_provide_fails_with_the_reason(broken_site):
+    result = run_fw("serve", "--tool-call-parser", "hermes", env=broken_site, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "broken-hook" in result.stderr and "hermes" in result.stderr

@@ -1,0 +1,48 @@
+"""The package installs as a real (non-editable) wheel, and the wheel holds every package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def declared_packages() -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
+def test_every_source_package_is_declared():
+    found = {"fw"}
+    for top in ("core", "plugins", "kernels"):
+        for init in (REPO / top).rglob("__init__.py"):
+            found.add("fw." + ".".join(init.parent.relative_to(REPO).parts))
+    assert found == set(declared_packages())
+
+
+def test_non_editable_wheel_installs_and_runs_fw_version(tmp_path):
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(REPO)],
+                   check=True, timeout=600, cwd=tmp_path)
+    (wheel,) = wheels.glob("fw-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for package in declared_packages():
+        assert "/".join(package.split(".")) + "/__init__.py" in names, package
+    assert "fw/plugins/loaders/gguf_loader.py" in names
+    assert not any(name.startswith(("fw/tests/", "fw/examples/")) for name in names)
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)],
+                   check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import fw; print(fw.__file__)"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.strip().startswith(str(site))  # the wheel's copy, not the checkout
+    version = subprocess.run([str(site / "bin" / "fw"), "--version"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+    import fw
+
+    assert version.stdout.strip().endswith(fw.__version__)
