@@ -1,5 +1,6 @@
 """One abstract base class per plugin kind. Plugins subclass these."""
 
+from fw.core.interfaces.attention import AttentionBackend
 from fw.core.interfaces.model import CausalLM
 from fw.core.interfaces.model_source import ModelSource, ResolvedModel
 from fw.core.interfaces.parsers import DeltaMessage, ExtractedToolCalls, ReasoningParser, ToolCall, ToolParser
@@ -8,6 +9,7 @@ from fw.core.interfaces.quantization import QuantizationMethod
 from fw.core.interfaces.weight_loader import WeightLoader
 
 __all__ = [
+    "AttentionBackend",
     "CausalLM",
     "DeltaMessage",
     "ExtractedToolCalls",

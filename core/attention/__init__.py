@@ -1,0 +1,1 @@
+"""Attention backends. The platform names which one the model runner builds."""
