@@ -1,9 +1,34 @@
 """fw: an LLM inference and serving engine with an OpenAI-compatible API, built from plugins.
 
-Importing fw loads no plugins and touches no GPU; the CLI and the app factories build
-the plugin manager explicitly (see fw.core.plugins).
+Importing fw loads no plugins and touches no GPU; ``fw.LLM`` and the CLI build the plugin
+manager explicitly when they start (see fw.core.plugins).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from fw.version import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from fw.core.engine.outputs import CompletionOutput, RequestOutput
+    from fw.core.engine.sampling_params import SamplingParams
+    from fw.core.entrypoints.llm import LLM
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
+
+_LAZY = {
+    "LLM": "fw.core.entrypoints.llm",
+    "SamplingParams": "fw.core.engine.sampling_params",
+    "RequestOutput": "fw.core.engine.outputs",
+    "CompletionOutput": "fw.core.engine.outputs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import fw` (and `fw --version`) stays fast and imports no torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fw' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Request and output types, the step loop, and the offline/serving wrappers around it."""

@@ -1,0 +1,175 @@
+"""Engine start-up: resolve the model, pick the platform and dtype, build and load the model,
+and size the KV cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fw.core.config.engine import EngineConfig
+from fw.core.errors import FwError
+from fw.core.interfaces import CausalLM, Platform, ResolvedModel
+from fw.core.model_files import resolve_model, select_architecture, select_platform, select_weight_loader
+from fw.core.plugins import Plugins
+from fw.core.runner.model_runner import KVCacheSpec
+
+logger = logging.getLogger("fw")
+
+
+@dataclass
+class LoadedModel:
+    resolved: ResolvedModel
+    hf_config: Any
+    tokenizer: Any
+    model: CausalLM
+    platform: Platform
+    device: torch.device
+    dtype: torch.dtype
+    max_model_len: int
+    generation_defaults: dict[str, Any]
+    eos_token_ids: tuple[int, ...]
+
+
+def _checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
+    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def choose_dtype(config: EngineConfig, platform: Platform, hf_config: Any) -> torch.dtype:
+    name = config.model.torch_dtype_name
+    dtype = getattr(torch, name) if name else platform.default_dtype(_checkpoint_dtype(hf_config))
+    if dtype not in platform.supported_dtypes():
+        supported = ", ".join(str(d).removeprefix("torch.") for d in platform.supported_dtypes())
+        raise FwError(f"--dtype {name} is not supported on the {platform.name} platform; supported: {supported}")
+    return dtype
+
+
+def text_config(hf_config: Any) -> Any:
+    return getattr(hf_config, "text_config", None) or hf_config
+
+
+def derive_max_model_len(config: EngineConfig, hf_config: Any) -> int:
+    limit = getattr(text_config(hf_config), "max_position_embeddings", None)
+    asked = config.model.max_model_len
+    if asked is None:
+        if limit is None:
+            raise FwError("the model's config gives no max_position_embeddings; pass --max-model-len")
+        return int(limit)
+    if limit is not None and asked > limit:
+        logger.warning("--max-model-len %d is above the model's max_position_embeddings %d", asked, limit)
+    return asked
+
+
+def generation_defaults(config: EngineConfig, model_path: Path, hf_config: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """Default sampling values from generation_config.json (``--generation-config auto``), and eos ids."""
+    eos = getattr(hf_config, "eos_token_id", None)
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    source = config.model.generation_config
+    if source == "vllm":
+        return {}, tuple(eos_ids)
+    directory = model_path if source == "auto" else Path(source)
+    if not (directory / "generation_config.json").is_file():
+        return {}, tuple(eos_ids)
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring %s/generation_config.json: %s", directory, exc)
+        return {}, tuple(eos_ids)
+    defaults = {}
+    for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        value = getattr(gen, key, None)
+        if value is not None and key in gen.to_diff_dict():
+            defaults[key] = value
+    if getattr(gen, "max_new_tokens", None) is not None and "max_new_tokens" in gen.to_diff_dict():
+        defaults["max_tokens"] = gen.max_new_tokens
+    gen_eos = gen.eos_token_id
+    for token_id in [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []):
+        if token_id not in eos_ids:
+            eos_ids.append(token_id)
+    return defaults, tuple(eos_ids)
+
+
+def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
+    model_config, load_config = config.model, config.load
+    resolved = resolve_model(plugins, model_config.model, revision=model_config.revision,
+                             download_dir=load_config.download_dir)
+    platform = select_platform(plugins, config.device.device)
+    loader = select_weight_loader(plugins, load_config.load_format, resolved.path)
+    hf_config = loader.load_hf_config(resolved.path, trust_remote_code=model_config.trust_remote_code)
+    if model_config.tokenizer is not None:
+        tokenizer_model = resolve_model(plugins, model_config.tokenizer, revision=model_config.tokenizer_revision,
+                                        download_dir=load_config.download_dir)
+        tokenizer = select_weight_loader(plugins, "auto", tokenizer_model.path).load_tokenizer(
+            tokenizer_model.path, trust_remote_code=model_config.trust_remote_code)
+    else:
+        tokenizer = loader.load_tokenizer(resolved.path, trust_remote_code=model_config.trust_remote_code)
+    model_cls = select_architecture(plugins, hf_config)
+    dtype = choose_dtype(config, platform, hf_config)
+    device = platform.torch_device()
+    torch.manual_seed(model_config.seed)
+
+    start = time.perf_counter()
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_cls(text_config(hf_config))
+    finally:
+        torch.set_default_dtype(previous_dtype)
+    # Loaders show their own progress bars; the model raises if a weight is missing or misshapen.
+    model.load_weights(loader.iter_weights(resolved.path, hf_config))
+    model.eval()
+    num_params = sum(p.numel() for p in model.parameters())
+    logger.info("Loaded %s (%s, %.1fM parameters, %s on %s) in %.1f s", resolved.served_name, model_cls.__name__,
+                num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, time.perf_counter() - start)
+    defaults, eos_ids = generation_defaults(config, resolved.path if resolved.path.is_dir() else resolved.path.parent,
+                                            hf_config)
+    return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype,
+                       derive_max_model_len(config, hf_config), defaults, eos_ids)
+
+
+def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:
+    cfg = text_config(loaded.hf_config)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    if config.cache.kv_cache_dtype != "auto":
+        raise FwError(f"--kv-cache-dtype {config.cache.kv_cache_dtype} is not supported yet; use auto")
+    return KVCacheSpec(cfg.num_hidden_layers, num_kv_heads, head_dim, config.cache.block_size, loaded.dtype)
+
+
+def num_kv_blocks(config: EngineConfig, loaded: LoadedModel, spec: KVCacheSpec, profile_peak_bytes: int | None) -> int:
+    """Blocks for the KV cache: the override, else what the memory budget holds."""
+    cache = config.cache
+    if cache.num_gpu_blocks_override is not None:
+        return cache.num_gpu_blocks_override
+    if loaded.platform.device_type == "cpu":
+        budget = cache.cpu_kv_cache_bytes
+    elif cache.kv_cache_memory_bytes is not None:
+        budget = cache.kv_cache_memory_bytes
+    else:
+        memory = loaded.platform.memory_info()
+        # Everything fw may use, minus what the weights and a full-batch forward took.
+        budget = int(memory.total_bytes * cache.gpu_memory_utilization) - (profile_peak_bytes or 0) \
+            - (memory.total_bytes - memory.free_bytes - torch.cuda.memory_reserved())
+    return max(budget // spec.block_bytes, 0)
+
+
+def check_fits(num_blocks: int, block_size: int, max_model_len: int) -> None:
+    capacity = num_blocks * block_size
+    if capacity < max_model_len:
+        raise FwError(
+            f"--max-model-len {max_model_len} does not fit in the KV cache, which holds {capacity} tokens "
+            f"({num_blocks} blocks); the largest value that fits is {capacity}. Lower --max-model-len or give the "
+            "cache more memory (--kv-cache-memory-bytes, --gpu-memory-utilization)."
+        )
+    logger.info("KV cache: %d blocks of %d tokens = %d tokens; maximum concurrency at %d tokens per request: %.2fx",
+                num_blocks, block_size, capacity, max_model_len, capacity / max_model_len)

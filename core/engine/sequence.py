@@ -1,0 +1,114 @@
+"""A sequence: one sample of a request, with its tokens, cache blocks and progress."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fw.core.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# {token_id: Logprob} for one position
+PositionLogprobs = dict[int, Logprob]
+
+_seq_counter = itertools.count()
+
+
+@dataclass
+class Sequence:
+    """One output stream. ``n > 1`` requests have ``n`` sequences sharing a ``group``."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    index: int = 0  # which of the request's n samples
+    priority: int = 0
+    arrival_time: float = field(default_factory=time.monotonic)
+    # The first sequence of the group; siblings share its prompt's cache blocks.
+    leader: Sequence | None = None
+
+    seq_id: int = field(default_factory=lambda: next(_seq_counter))
+    status: SequenceStatus = SequenceStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    # Tokens whose keys/values are in the cache (a cached prefix counts).
+    num_computed_tokens: int = 0
+    # Tokens of the prompt that were found in the prefix cache when last allocated.
+    num_cached_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    # Hash of each full block of token_ids, in order (filled as blocks fill).
+    block_hashes: list[bytes] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[PositionLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[PositionLogprobs | None] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    num_preemptions: int = 0
+    detokenizer: Any = None  # set by the output processor
+
+    def __post_init__(self) -> None:
+        if self.params.seed is not None:
+            self.generator = torch.Generator()
+            # Each of the n samples gets its own stream, reproducible in any batch.
+            self.generator.manual_seed(self.params.seed + self.index)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    @property
+    def is_prefill(self) -> bool:
+        """Still computing its prompt (or, after preemption, its prompt plus outputs)."""
+        return self.num_computed_tokens < self.num_tokens - 1
+
+    @property
+    def sort_key(self) -> tuple[int, float, int]:
+        """Lower is served first (priority, then arrival); the highest key is preempted first."""
+        return (self.priority, self.arrival_time, self.seq_id)
+
+    def token_at(self, i: int) -> int:
+        n = len(self.prompt_token_ids)
+        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]
+
+    def tokens_slice(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_token_ids)
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]

@@ -1,0 +1,1 @@
+"""The model runner (flat batch -> attention metadata -> model -> logits) and the sampler."""
