@@ -14,3 +14,92 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------- tiny checkpoints
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a journey of a thousand miles begins with a single step",
+    "to be or not to be that is the question",
+    "all that glitters is not gold",
+    "ünïcödé wörds and emoji 🙂 also need bytes",
+    "def main(): return 42",
+] * 10
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+ARCHITECTURES = {
+    "llama": dict(model_type="llama", tie_word_embeddings=True),
+    "qwen2": dict(model_type="qwen2", tie_word_embeddings=False),
+    "qwen3": dict(model_type="qwen3", tie_word_embeddings=True, head_dim=16),
+    "mistral": dict(model_type="mistral", tie_word_embeddings=False, sliding_window=None),
+}
+
+
+def train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_checkpoint(target, arch: str = "llama", seed: int = 0, **overrides):
+    """A tiny random-weight checkpoint in Hugging Face layout (config, safetensors, tokenizer)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = train_tokenizer()
+    spec = {**ARCHITECTURES[arch], **overrides}
+    model_type = spec.pop("model_type")
+    sizes = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    config = AutoConfig.for_model(model_type, **{**sizes, **spec})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # The default init (std 0.02) gives nearly flat logits, where greedy choices are
+    # near-ties; a wider init gives varied, decisive outputs.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, 0.15)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(arch="llama", **config_overrides)`` -> path, built once per set of arguments."""
+    built = {}
+
+    def make(arch: str = "llama", **overrides):
+        key = (arch, repr(sorted(overrides.items())))
+        if key not in built:
+            built[key] = build_checkpoint(tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **overrides)
+        return built[key]
+
+    return make

@@ -1,0 +1,44 @@
+"""RMSNorm and the merged linear layer (several projections of one input in one matmul)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x: [..., D]``, ``weight: [D]`` -> ``[..., D]``, normalised in float32 as HF Llama does."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class MergedLinear(nn.Linear):
+    """Projections of the same input fused into one matmul, outputs concatenated.
+
+    q/k/v become one ``qkv_proj`` and gate/up one ``gate_up_proj``: one large matmul
+    instead of several small ones, which matters most on CPU. Checkpoints store the
+    parts separately; ``shard`` is where part ``index`` lives in a parameter.
+    """
+
+    def __init__(self, in_features: int, output_sizes: Sequence[int], bias: bool) -> None:
+        super().__init__(in_features, sum(output_sizes), bias=bias)
+        self.output_sizes = list(output_sizes)
+
+    def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
+        """The rows of ``param`` (``weight`` or ``bias``) that belong to part ``index``."""
+        offset = sum(self.output_sizes[:index])
+        return param.data.narrow(0, offset, self.output_sizes[index])

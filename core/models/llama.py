@@ -1,0 +1,242 @@
+"""Llama, the decoder every other architecture here is a variant of (Mistral, Qwen2, Qwen3).
+
+A flat batch of tokens (sequences concatenated, no padding) goes through embedding ->
+N x (RMSNorm, attention, residual, RMSNorm, gated MLP, residual) -> RMSNorm. Attention
+projects q/k/v with one matmul, rotates q and k, and hands them to the attention backend
+of the forward context, which writes k/v into the paged cache and attends. Logits are
+computed only for the rows the runner passes to ``compute_logits``.
+
+Module names mirror Hugging Face's, so checkpoint names map one to one except for the
+fused projections (``q_proj``/``k_proj``/``v_proj`` -> ``qkv_proj``, ``gate_proj``/
+``up_proj`` -> ``gate_up_proj``), handled in ``load_weights``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fw.core.errors import ModelLoadError
+from fw.core.forward_context import get_forward_context
+from fw.core.interfaces.model import CausalLM
+from fw.core.models.layers.basic import MergedLinear, RMSNorm
+from fw.core.models.layers.rotary import RotaryEmbedding, apply_rotary
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+# Checkpoint module -> (our fused module, index of its part in the fused output).
+FUSED_PARTS: dict[str, tuple[str, int]] = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+# Buffers some checkpoints saved; we compute our own.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """What differs between the Llama-family architectures (each reads it from its config)."""
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    # Qwen3: RMSNorm over each q and k head before RoPE.
+    qk_norm: bool = False
+
+
+def head_dim_of(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def sliding_window_of(config: PretrainedConfig, layer_idx: int) -> int | None:
+    """The layer's attention window, as transformers decides it, or None for full attention."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if layer_types[layer_idx] == "sliding_attention" else None
+    # Qwen2/Qwen3 configs from before `layer_types`: the layers from max_window_layers on slide.
+    max_window_layers = getattr(config, "max_window_layers", None)
+    if max_window_layers is not None and layer_idx < max_window_layers:
+        return None
+    return int(window)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = sliding_window_of(config, layer_idx)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=options.qkv_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=options.o_bias)
+        if options.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: [T, hidden]; cos, sin: [T, head_dim / 2]
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        ctx = get_forward_context()
+        out = ctx.backend.forward(
+            q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale, self.sliding_window
+        )  # [T, H, D]
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: PretrainedConfig, options: DecoderOptions) -> None:
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        size = config.intermediate_size
+        self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=options.mlp_bias)
+        self.down_proj = nn.Linear(size, config.hidden_size, bias=options.mlp_bias)
+        self.act = ACT2FN[getattr(config, "hidden_act", "silu")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, hidden] -> gate, up: [T, intermediate] -> [T, hidden]
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx, options)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config, options)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, config: PretrainedConfig, options: DecoderOptions) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, options) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # One table for all layers; cos/sin are looked up once per step, not per layer.
+        self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # [T, hidden]
+        cos, sin = self.rotary_emb(positions)  # [T, head_dim / 2] each
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(CausalLM):
+    """Llama: GQA, optional attention/MLP bias, explicit ``head_dim``, tied or separate LM head."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.config = config
+        self.model = DecoderModel(config, self.decoder_options(config))
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        # Tied: compute_logits multiplies by the embedding matrix itself.
+        self.lm_head = None if tied else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @classmethod
+    def decoder_options(cls, config: PretrainedConfig) -> DecoderOptions:
+        """The architecture's variant switches for ``config`` (overridden by Qwen2/Qwen3)."""
+        bias = bool(getattr(config, "attention_bias", False))
+        return DecoderOptions(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # hidden_states: [N, hidden] -> [N, vocab]
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden_states, weight)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named tensors into the parameters (fused ones part by part).
+
+        Raises ModelLoadError for a tensor no parameter takes, a shape that does not
+        match the config, or parameters the checkpoint left unset.
+        """
+        params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
+        loaded: set[str] = set()
+        filled: set[tuple[str, int | None]] = set()
+        for name, tensor in weights:
+            if name.endswith(IGNORED_SUFFIXES):
+                continue
+            target, part = self._param_for(name)
+            if target not in params:
+                raise ModelLoadError(f"checkpoint tensor '{name}' matches no parameter of {type(self).__name__}")
+            dest = params[target].data
+            if part is not None:
+                dest = modules[target.rpartition(".")[0]].shard(params[target], part)
+            if tuple(dest.shape) != tuple(tensor.shape):
+                raise ModelLoadError(
+                    f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)} but {type(self).__name__} "
+                    f"expects {tuple(dest.shape)}; the weights do not match the config"
+                )
+            dest.copy_(tensor)
+            loaded.add(name)
+            filled.add((target, part))
+        self._check_all_filled(params, modules, filled)
+        return loaded
+
+    def _param_for(self, hf_name: str) -> tuple[str, int | None]:
+        """Our parameter for a checkpoint name, and the part of it when it is fused."""
+        if hf_name == "lm_head.weight" and self.lm_head is None:
+            # Tied: the LM head is the embedding (some checkpoints store both copies).
+            return "model.embed_tokens.weight", None
+        parts = hf_name.split(".")
+        if len(parts) >= 2 and parts[-2] in FUSED_PARTS:
+            fused, index = FUSED_PARTS[parts[-2]]
+            return ".".join([*parts[:-2], fused, parts[-1]]), index
+        return hf_name, None
+
+    def _check_all_filled(self, params: dict, modules: dict, filled: set[tuple[str, int | None]]) -> None:
+        """Raise ModelLoadError naming (in checkpoint terms) the weights that never arrived."""
+        hf_module_of = {part: hf for hf, part in FUSED_PARTS.items()}
+        missing = []
+        for name in params:
+            module_path, _, kind = name.rpartition(".")
+            module = modules[module_path]
+            if not isinstance(module, MergedLinear):
+                if (name, None) not in filled:
+                    missing.append(name)
+                continue
+            parent, _, fused = module_path.rpartition(".")
+            for part in range(len(module.output_sizes)):
+                if (name, part) not in filled:
+                    missing.append(f"{parent}.{hf_module_of[(fused, part)]}.{kind}")
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ModelLoadError(f"the checkpoint has no weights for {shown}")
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """Mistral: Llama's shape; its ``sliding_window`` (when set) limits every layer's attention."""

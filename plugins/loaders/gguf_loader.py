@@ -1,0 +1,208 @@
+"""The ``gguf`` load format: llama.cpp's single-file checkpoints.
+
+Handles a ``.gguf`` file, or a directory holding exactly one. The config and tokenizer
+come from the GGUF metadata through transformers (``AutoConfig`` / ``AutoTokenizer``
+with ``gguf_file=``), so the architectures transformers reads from GGUF are the ones
+supported here (llama, mistral, qwen2, qwen3...). Tensors are memory-mapped with
+``gguf.GGUFReader``, renamed to Hugging Face parameter names, and dequantized at load
+to float32 (F16 stays float16, BF16 stays bfloat16). llama.cpp permutes the rows of the
+Q and K projections of llama-architecture models (its rotary embedding pairs adjacent
+elements, Hugging Face's pairs the two halves of a head); that permutation is undone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, GGUFReader, get_tensor_name_map
+from gguf.quants import dequantize
+from tqdm import tqdm
+
+from fw.core.errors import ModelLoadError
+from fw.core.hookspecs import hookimpl
+from fw.core.interfaces import WeightLoader
+from fw.plugins.loaders.dummy_loader import meta_causal_lm
+
+if TYPE_CHECKING:
+    from gguf.gguf_reader import ReaderTensor
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+Q = GGMLQuantizationType
+# The types we dequantize, each covered by a test against transformers. The K-quants
+# beyond Q4_K/Q6_K are here because llama.cpp's "Q4_K_M"-style mixes use them too.
+SUPPORTED_TYPES = frozenset(
+    {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+)
+# llama.cpp's convert script permutes Q/K for its "llama" architecture, which it also
+# writes for Mistral models; qwen2/qwen3 keep the Hugging Face row order.
+PERMUTED_ARCHITECTURES = frozenset({"llama"})
+# Tensors llama.cpp derives from the config (rope scaling factors); the Hugging Face
+# model computes them itself.
+DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
+
+
+def find_gguf_file(model_path: Path) -> Path | None:
+    """The ``.gguf`` file ``model_path`` names, or the only one in that directory."""
+    if model_path.is_file():
+        return model_path if model_path.suffix == ".gguf" else None
+    if model_path.is_dir():
+        files = sorted(p for p in model_path.glob("*.gguf") if p.is_file())
+        return files[0] if len(files) == 1 else None
+    return None
+
+
+def require_gguf_file(model_path: Path) -> Path:
+    """Like :func:`find_gguf_file`, but raises ModelLoadError saying what is wrong."""
+    if (file := find_gguf_file(model_path)) is not None:
+        return file
+    if model_path.is_dir():
+        found = sorted(p.name for p in model_path.glob("*.gguf"))
+        if found:
+            raise ModelLoadError(
+                f"{model_path} holds several .gguf files ({', '.join(found)}); give the path of the one to load"
+            )
+        raise ModelLoadError(f"no gguf weight files in {model_path} (looked for *.gguf)")
+    if model_path.exists():
+        raise ModelLoadError(f"{model_path} is not a .gguf file")
+    raise ModelLoadError(f"{model_path} does not exist")
+
+
+def open_gguf(file: Path) -> GGUFReader:
+    """A memory-mapped reader; corrupt or truncated files become a ModelLoadError naming the file."""
+    try:
+        return GGUFReader(file)
+    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError... on bad bytes
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot read {file}: {detail} (is it a complete GGUF file?)") from None
+
+
+def gguf_architecture(reader: GGUFReader, file: Path) -> str:
+    field = reader.fields.get("general.architecture")
+    if field is None:
+        raise ModelLoadError(f"{file} has no general.architecture metadata")
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def gguf_to_hf_names(hf_config: PretrainedConfig, architecture: str) -> dict[str, str]:
+    """Map GGUF tensor names (``blk.0.attn_q.weight``) to Hugging Face ones for this config.
+
+    gguf's TensorNameMap knows, per architecture, every Hugging Face spelling of each
+    tensor across model families, so it cannot be inverted on its own. Asking it about
+    the exact parameter names of the transformers class for this config (a meta-device
+    model: no memory, no initialisation) gives a one-to-one map, as vLLM does.
+    """
+    arch = next((key for key, name in MODEL_ARCH_NAMES.items() if name == architecture), None)
+    if arch is None:
+        raise ModelLoadError(f"GGUF architecture {architecture!r} is unknown to the installed gguf package")
+    name_map = get_tensor_name_map(arch, hf_config.num_hidden_layers)
+    mapping = {}
+    for hf_name in meta_causal_lm(hf_config).state_dict():
+        module, _, suffix = hf_name.rpartition(".")
+        gguf_name = name_map.get_name(module)
+        if gguf_name is not None:
+            mapping[f"{gguf_name}.{suffix}"] = hf_name
+    return mapping
+
+
+def undo_rotary_permutation(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of llama.cpp's ``permute`` for Q/K projection weights and biases.
+
+    llama.cpp stores each head's rows in (pair, half) order where Hugging Face has
+    (half, pair); swapping the two axes back restores the Hugging Face order.
+    """
+    # weight: [num_heads * head_dim, hidden], or [num_heads * head_dim] for a bias
+    head_dim = weight.shape[0] // num_heads
+    rest = weight.shape[1:]
+    return weight.reshape(num_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
+
+
+def dequantize_tensor(tensor: ReaderTensor) -> torch.Tensor:
+    """The tensor in Hugging Face layout: GGUF lists dims fastest-first, torch slowest-first."""
+    shape = tuple(reversed([int(d) for d in tensor.shape]))
+    # The reader's arrays are read-only views of the mmap: copy before handing to torch.
+    if tensor.tensor_type == Q.F32:
+        return torch.from_numpy(np.array(tensor.data, dtype=np.float32)).reshape(shape)
+    if tensor.tensor_type == Q.F16:
+        return torch.from_numpy(np.array(tensor.data, dtype=np.float16)).reshape(shape)
+    if tensor.tensor_type == Q.BF16:
+        # The reader hands bf16 out as raw bytes; reinterpret them without a float32 detour.
+        return torch.from_numpy(np.array(tensor.data).view(np.int16)).view(torch.bfloat16).reshape(shape)
+    # Block-quantized types: dequantize returns a new float32 array, one row per output row.
+    return torch.from_numpy(dequantize(tensor.data, tensor.tensor_type)).reshape(shape)
+
+
+class GGUFLoader(WeightLoader):
+    """Reads llama.cpp GGUF files: metadata through transformers, tensors dequantized at load."""
+
+    name = "gguf"
+    # Below safetensors and pt: a Hugging Face directory that also carries a .gguf is
+    # read from its native weights.
+    auto_priority = 30
+
+    def can_load(self, model_path: Path) -> bool:
+        return find_gguf_file(model_path) is not None
+
+    def load_hf_config(self, model_path: Path, *, trust_remote_code: bool = False) -> PretrainedConfig:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        file = require_gguf_file(model_path)
+        try:
+            config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+        except Exception as exc:  # transformers parses the file itself; any failure means a bad file
+            raise ModelLoadError(f"cannot read the config from {file}: {exc}".splitlines()[0]) from None
+        # GGUF metadata names no `architectures`; fw picks the model class from it.
+        if not getattr(config, "architectures", None):
+            class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+            config.architectures = [class_name] if class_name else []
+        return config
+
+    def load_tokenizer(self, model_path: Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+        from transformers import AutoTokenizer
+
+        file = require_gguf_file(model_path)
+        try:
+            return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+        except Exception as exc:  # as above: transformers' GGUF parsing failed
+            raise ModelLoadError(f"cannot read the tokenizer from {file}: {exc}".splitlines()[0]) from None
+
+    def iter_weights(self, model_path: Path, hf_config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        file = require_gguf_file(model_path)
+        reader = open_gguf(file)
+        architecture = gguf_architecture(reader, file)
+        names = gguf_to_hf_names(hf_config, architecture)
+        tensors = [t for t in reader.tensors if t.name in names]
+        unknown = [t.name for t in reader.tensors if t.name not in names and t.name not in DERIVED_TENSORS]
+        if unknown:
+            logger.warning(
+                "%s: ignoring %d tensors the %s model has no parameter for: %s",
+                file, len(unknown), hf_config.model_type, ", ".join(unknown[:8]),
+            )  # fmt: skip
+        # Checked up front so that an unsupported file fails before any work is done.
+        for tensor in tensors:
+            if tensor.tensor_type not in SUPPORTED_TYPES:
+                supported = ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
+                raise ModelLoadError(
+                    f"{file}: tensor {tensor.name} uses the quantization type {tensor.tensor_type.name}, "
+                    f"which fw cannot dequantize (supported: {supported})"
+                )
+        permuted = architecture in PERMUTED_ARCHITECTURES
+        heads = {"attn_q": hf_config.num_attention_heads, "attn_k": hf_config.num_key_value_heads}
+        for tensor in tqdm(tensors, desc="Loading GGUF tensors", unit="tensor", file=sys.stderr):
+            weight = dequantize_tensor(tensor)
+            kind = tensor.name.split(".")[-2]  # blk.N.<kind>.weight
+            if permuted and kind in heads:
+                weight = undo_rotary_permutation(weight, heads[kind])
+            yield names[tensor.name], weight
+
+
+@hookimpl
+def fw_register_weight_loaders(registry) -> None:
+    registry.register(GGUFLoader.name, GGUFLoader)
