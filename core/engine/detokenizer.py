@@ -46,6 +46,17 @@ class IncrementalDetokenizer:
         return delta
 
 
+    def flush(self) -> str:
+        """At the end of the output: release held-back text, even if it is an incomplete character."""
+        if self.read_offset == len(self.token_ids):
+            return ""
+        prefix_text = self._decode(self.token_ids[self.prefix_offset:self.read_offset])
+        delta = self._decode(self.token_ids[self.prefix_offset:])[len(prefix_text):]
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        self.text += delta
+        return delta
+
+
 def find_stop_string(text: str, num_new_chars: int, stops: list[str]) -> tuple[str, int] | None:
     """The earliest stop string that ends within the last ``num_new_chars`` characters.
 

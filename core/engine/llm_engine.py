@@ -202,6 +202,8 @@ class LLMEngine:
             seq.stop_reason = None if token in params._eos_token_ids else token
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.finish_reason = "length"
+        if seq.finish_reason is not None and params.detokenize:
+            seq.detokenizer.flush()
 
     def _output(self, request_id: str) -> RequestOutput:
         seqs = self.requests[request_id]
