@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,8 +26,11 @@ def test_every_source_package_is_declared():
 
 
 def test_non_editable_wheel_installs_and_runs_fw_version(tmp_path):
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(REPO)],
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Build from a copy: building in place leaves an fw.egg-info in the checkout, whose stale
+    # entry points would shadow the installed ones for anything run from the checkout.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "build", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(source)],
                    check=True, timeout=600, cwd=tmp_path)
     (wheel,) = wheels.glob("fw-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -23,6 +23,8 @@ class SamplingBatch:
     top_k: torch.Tensor  # [N] int, vocab size where disabled
     top_p: torch.Tensor  # [N] float
     min_p: torch.Tensor  # [N] float
+    # Whether any row restricts the candidates (top-k, top-p or min-p): the sort is costly.
+    truncates: bool
     generators: list[torch.Generator | None]
     num_logprobs: int  # the most top logprobs any row asked for; -1 for none
     # Sparse logit edits: (rows, token ids, values) added to the logits.
@@ -69,6 +71,7 @@ class SamplingBatch:
             top_k=tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params], torch.long),
             top_p=tensor([p.top_p for p in params], torch.float32),
             min_p=tensor([p.min_p for p in params], torch.float32),
+            truncates=any(0 < p.top_k < vocab_size or p.top_p < 1 or p.min_p > 0 for p in params if not p.greedy),
             generators=[s.generator for s in seqs],
             num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
             bias=(tensor(bias_rows, torch.long), tensor(bias_ids, torch.long), tensor(bias_values, torch.float32))
@@ -144,7 +147,9 @@ class Sampler:
 
         token_ids = logits.argmax(dim=-1)
         if not bool(batch.greedy.all()):
-            scaled = apply_top_k_top_p_min_p(logits / batch.temperature.unsqueeze(1), batch)
+            scaled = logits / batch.temperature.unsqueeze(1)
+            if batch.truncates:
+                scaled = apply_top_k_top_p_min_p(scaled, batch)
             probs = scaled.softmax(dim=-1)
             # Sampling as argmax(p / q) with q ~ Exp(1) draws from p; seeded rows draw
             # their own noise so their samples do not depend on the batch.
