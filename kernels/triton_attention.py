@@ -269,11 +269,13 @@ def _check_paged_attention_args(
     ):
         if tensor.dtype != torch.int32 or tensor.shape != shape or not tensor.is_contiguous():
             raise ValueError(
-                f"{name} must be a contiguous int32 tensor of shape {list(shape)}; got {tensor.dtype} {tuple(tensor.shape)}"
+                f"{name} must be a contiguous int32 tensor of shape {list(shape)}; "
+                f"got {tensor.dtype} {tuple(tensor.shape)}"
             )
     if block_tables.dtype != torch.int32 or block_tables.dim() != 2 or block_tables.shape[0] != num_seqs:
         raise ValueError(
-            f"block_tables must be int32 [{num_seqs}, max_num_blocks]; got {block_tables.dtype} {tuple(block_tables.shape)}"
+            f"block_tables must be int32 [{num_seqs}, max_num_blocks]; "
+            f"got {block_tables.dtype} {tuple(block_tables.shape)}"
         )
     if block_tables.stride(1) != 1:
         raise ValueError("block_tables must be contiguous in its last dimension")

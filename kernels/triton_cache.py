@@ -94,7 +94,8 @@ def _check_write_kv_args(
 ) -> None:
     if key.dim() != 3 or value.shape != key.shape:
         raise ValueError(
-            f"key and value must both be [num_tokens, num_kv_heads, head_dim]; got {tuple(key.shape)} and {tuple(value.shape)}"
+            "key and value must both be [num_tokens, num_kv_heads, head_dim]; "
+            f"got {tuple(key.shape)} and {tuple(value.shape)}"
         )
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or kv_cache.shape[3:] != key.shape[1:]:
         raise ValueError(
@@ -103,7 +104,8 @@ def _check_write_kv_args(
         )
     if slot_mapping.dtype != torch.int64 or slot_mapping.shape != (key.shape[0],):
         raise ValueError(
-            f"slot_mapping must be int64 of shape [{key.shape[0]}]; got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
+            f"slot_mapping must be int64 of shape [{key.shape[0]}]; "
+            f"got {slot_mapping.dtype} {tuple(slot_mapping.shape)}"
         )
     if not slot_mapping.is_contiguous():
         raise ValueError("slot_mapping must be contiguous")
@@ -114,4 +116,6 @@ def _check_write_kv_args(
             raise ValueError(f"{name} must be contiguous in its last (head_dim) dimension")
     devices = {t.device for t in (key, value, kv_cache, slot_mapping)}
     if len(devices) != 1:
-        raise ValueError(f"key, value, kv_cache and slot_mapping must be on one device; got {sorted(map(str, devices))}")
+        raise ValueError(
+            f"key, value, kv_cache and slot_mapping must be on one device; got {sorted(map(str, devices))}"
+        )

@@ -1,22 +1,18 @@
 """Triton kernels run interpreted (TRITON_INTERPRET=1, on CPU tensors) where there is no GPU.
 
-Triton reads TRITON_INTERPRET when ``@triton.jit`` decorates a function, i.e. when a kernel
-module is imported. This conftest sets it before any test in this folder imports one, and
-the ``triton_ops`` fixture re-imports the kernel modules if another test imported them
-compiled earlier in the session, so the result does not depend on test order.
+Triton reads TRITON_INTERPRET when it is imported and when ``@triton.jit`` decorates a
+function, so it must be set before anything imports triton: tests/conftest.py sets it at
+start-up where there is no GPU, before any test module is imported (whatever the test
+order). The ``triton_ops`` fixture checks the kernels really are interpreted there.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def _interpreted(module) -> bool:
@@ -33,13 +29,12 @@ def triton_ops() -> SimpleNamespace:
     from fw.kernels import triton_attention, triton_cache
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpret and not (_interpreted(triton_cache) and _interpreted(triton_attention)):
-        importlib.reload(triton_cache)
-        importlib.reload(triton_attention)
-        importlib.reload(triton_backend)  # it holds the wrappers by name
+    if not interpret and not torch.cuda.is_available():
+        pytest.fail("no GPU and TRITON_INTERPRET is not 1: tests/conftest.py should have set it")
     for module in (triton_cache, triton_attention):
         if _interpreted(module) != interpret:
-            raise RuntimeError(f"{module.__name__}: kernels interpreted={_interpreted(module)}, TRITON_INTERPRET={interpret}")
+            setting = os.environ.get("TRITON_INTERPRET")
+            pytest.fail(f"{module.__name__} was imported before TRITON_INTERPRET={setting} was set")
     return SimpleNamespace(
         write_kv=triton_cache.write_kv,
         paged_attention=triton_attention.paged_attention,

@@ -104,7 +104,9 @@ def random_lengths(seed: int, mix: str, max_len: int) -> list[tuple[int, int]]:
     return [lengths[i] for i in order]
 
 
-def check_attention(triton_ops, seed, num_heads, num_kv_heads, head_dim, block_size, dtype, window, mix, max_len) -> None:
+def check_attention(
+    triton_ops, seed, num_heads, num_kv_heads, head_dim, block_size, dtype, window, mix, max_len
+) -> None:
     if dtype == torch.bfloat16 and triton_ops.interpreted:
         pytest.skip("the Triton interpreter's tl.dot multiplies bfloat16's raw uint16 storage; bf16 runs on GPU only")
     lengths = random_lengths(seed, mix, max_len)
@@ -131,7 +133,7 @@ SMALL_CASES = [
     (6, 2, 80, 16, torch.float32, None, "mixed", 50),  # GQA 3 (rows not a power of two), padded head_dim
     (12, 4, 96, 8, torch.float32, 33, "prefill", 60),
     (2, 2, 32, 16, torch.float32, 3, "prefill", 100),  # later rows' windows start past the first tile
-    (2, 2, 64, 16, torch.float32, None, "prefill", 150),  # query blocks spanning many tiles
+    (2, 2, 64, 16, torch.float32, None, "prefill", 150),  # several query blocks per sequence, many tiles each
     (16, 2, 64, 16, torch.float32, None, "decode", 90),  # decode-only tile shape
     (32, 1, 16, 8, torch.float32, 7, "decode", 40),  # group wider than the minimum tile
     (4, 2, 64, 16, torch.float16, None, "mixed", 60),
@@ -285,3 +287,25 @@ def test_kernels_compile_for_a_gpu_without_one():
         pytest.skip(f"this Triton has no ahead-of-time compile API: {result.stdout.strip()}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("compiled")
+
+
+def test_engine_with_triton_backend_generates_what_the_torch_backend_does(triton_ops, tiny_checkpoint, monkeypatch):
+    """End to end through the model runner, with chunked prefill and small blocks."""
+    if not triton_ops.interpreted:
+        pytest.skip("this machine has a GPU; the cuda platform runs the triton backend already")
+    from fw import LLM, SamplingParams
+    from fw.plugins.platforms.cpu import CpuPlatform
+
+    path = str(tiny_checkpoint("qwen3"))
+    prompts = ["the quick brown", "to be or not to be that", "all", "a journey of a thousand miles begins with"]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    options = dict(
+        dtype="float32", kv_cache_memory_bytes=2**24, max_num_batched_tokens=16, max_num_seqs=4, block_size=8
+    )
+    expected = [out.outputs[0].token_ids for out in LLM(path, **options).generate(prompts, params, use_tqdm=False)]
+
+    triton_backend = "fw.core.attention.triton_backend:TritonAttentionBackend"
+    monkeypatch.setattr(CpuPlatform, "attention_backend", lambda self: triton_backend)
+    llm = LLM(path, **options)
+    assert llm.engine.runner.backend.name == "triton"
+    assert [out.outputs[0].token_ids for out in llm.generate(prompts, params, use_tqdm=False)] == expected
