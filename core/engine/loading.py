@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fw.core.config.base import ConfigError
 from fw.core.config.engine import EngineConfig
 from fw.core.errors import FwError
 from fw.core.interfaces import CausalLM, Platform, ResolvedModel
@@ -19,6 +20,10 @@ from fw.core.plugins import Plugins
 from fw.core.runner.model_runner import KVCacheSpec
 
 logger = logging.getLogger("fw")
+
+
+#: config.json keys that give a model's context length, as vLLM reads them.
+CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 
 
 @dataclass
@@ -33,9 +38,12 @@ class LoadedModel:
     max_model_len: int
     generation_defaults: dict[str, Any]
     eos_token_ids: tuple[int, ...]
+    load_format: str
+    quantization: str | None
+    load_seconds: float
 
 
-def _checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
+def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
     dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
@@ -44,7 +52,7 @@ def _checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
 
 def choose_dtype(config: EngineConfig, platform: Platform, hf_config: Any) -> torch.dtype:
     name = config.model.torch_dtype_name
-    dtype = getattr(torch, name) if name else platform.default_dtype(_checkpoint_dtype(hf_config))
+    dtype = getattr(torch, name) if name else platform.default_dtype(checkpoint_dtype(hf_config))
     if dtype not in platform.supported_dtypes():
         supported = ", ".join(str(d).removeprefix("torch.") for d in platform.supported_dtypes())
         raise FwError(f"--dtype {name} is not supported on the {platform.name} platform; supported: {supported}")
@@ -56,15 +64,31 @@ def text_config(hf_config: Any) -> Any:
 
 
 def derive_max_model_len(config: EngineConfig, hf_config: Any) -> int:
-    limit = getattr(text_config(hf_config), "max_position_embeddings", None)
+    """``--max-model-len``, or the model's own context length; never more than the model's."""
+    cfg = text_config(hf_config)
+    limit = next((v for k in CONTEXT_LENGTH_KEYS if isinstance(v := getattr(cfg, k, None), int) and v > 0), None)
     asked = config.model.max_model_len
     if asked is None:
         if limit is None:
-            raise FwError("the model's config gives no max_position_embeddings; pass --max-model-len")
-        return int(limit)
+            raise FwError("the model's config.json does not state its context length; give --max-model-len")
+        return limit
     if limit is not None and asked > limit:
-        logger.warning("--max-model-len %d is above the model's max_position_embeddings %d", asked, limit)
+        raise ConfigError(f"max_model_len {asked} is larger than the model's context length {limit} (from its config)")
     return asked
+
+
+def choose_quantization(config: EngineConfig, hf_config: Any, plugins: Plugins) -> str | None:
+    """The quantization method: ``--quantization`` or the checkpoint's; a plugin must provide it."""
+    quant_config = getattr(hf_config, "quantization_config", None)
+    in_checkpoint = quant_config.get("quant_method") if isinstance(quant_config, dict) \
+        else getattr(quant_config, "quant_method", None)
+    requested = config.model.quantization
+    if requested and in_checkpoint and str(in_checkpoint) != requested:
+        raise ConfigError(f"--quantization {requested} was given, but the checkpoint is quantized with {in_checkpoint}")
+    method = requested or (str(in_checkpoint) if in_checkpoint else None)
+    if method is not None:
+        plugins.quantization_methods.get(method)  # raises, listing the available methods
+    return method
 
 
 def generation_defaults(config: EngineConfig, model_path: Path, hf_config: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -113,6 +137,8 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     else:
         tokenizer = loader.load_tokenizer(resolved.path, trust_remote_code=model_config.trust_remote_code)
     model_cls = select_architecture(plugins, hf_config)
+    quantization = choose_quantization(config, hf_config, plugins)
+    max_model_len = derive_max_model_len(config, hf_config)
     dtype = choose_dtype(config, platform, hf_config)
     device = platform.torch_device()
     torch.manual_seed(model_config.seed)
@@ -128,13 +154,14 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     # Loaders show their own progress bars; the model raises if a weight is missing or misshapen.
     model.load_weights(loader.iter_weights(resolved.path, hf_config))
     model.eval()
+    seconds = time.perf_counter() - start
     num_params = sum(p.numel() for p in model.parameters())
     logger.info("Loaded %s (%s, %.1fM parameters, %s on %s) in %.1f s", resolved.served_name, model_cls.__name__,
-                num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, time.perf_counter() - start)
+                num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, seconds)
     defaults, eos_ids = generation_defaults(config, resolved.path if resolved.path.is_dir() else resolved.path.parent,
                                             hf_config)
-    return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype,
-                       derive_max_model_len(config, hf_config), defaults, eos_ids)
+    return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype, max_model_len, defaults,
+                       eos_ids, loader.name, quantization, seconds)
 
 
 def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:

@@ -1,13 +1,16 @@
 """The ``gguf`` load format: llama.cpp's single-file checkpoints.
 
-Handles a ``.gguf`` file, or a directory holding exactly one. The config and tokenizer
-come from the GGUF metadata through transformers (``AutoConfig`` / ``AutoTokenizer``
-with ``gguf_file=``), so the architectures transformers reads from GGUF are the ones
-supported here (llama, mistral, qwen2, qwen3...). Tensors are memory-mapped with
-``gguf.GGUFReader``, renamed to Hugging Face parameter names, and dequantized at load
-to float32 (F16 stays float16, BF16 stays bfloat16). llama.cpp permutes the rows of the
-Q and K projections of llama-architecture models (its rotary embedding pairs adjacent
-elements, Hugging Face's pairs the two halves of a head); that permutation is undone.
+Handles a ``.gguf`` file, or a directory holding exactly one. The file's header is parsed
+once per loader (see gguf_file.py; the engine asks one loader for the config, the
+tokenizer and the weights). The config and tokenizer are what transformers makes of the
+GGUF metadata (``AutoConfig`` / ``AutoTokenizer`` with ``gguf_file=``), built from the
+parsed header where that gives the same result (see gguf_transformers.py), so the
+architectures transformers reads from GGUF are the ones supported here (llama, mistral,
+qwen2, qwen3...). Tensors are memory-mapped, renamed to Hugging Face parameter names, and
+dequantized at load with torch (gguf_dequant.py) to float32 (F16 stays float16, BF16
+stays bfloat16). llama.cpp permutes the rows of the Q and K projections of
+llama-architecture models (its rotary embedding pairs adjacent elements, Hugging Face's
+pairs the two halves of a head); that permutation is undone.
 """
 
 from __future__ import annotations
@@ -15,24 +18,26 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import numpy as np
 import torch
-from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, GGUFReader, get_tensor_name_map
-from gguf.quants import dequantize
+from gguf import MODEL_ARCH_NAMES, GGMLQuantizationType, get_tensor_name_map
 from tqdm import tqdm
 
 from fw.core.errors import ModelLoadError
 from fw.core.hookspecs import hookimpl
 from fw.core.interfaces import WeightLoader
 from fw.plugins.loaders.dummy_loader import meta_causal_lm
+from fw.plugins.loaders.gguf_dequant import PLAIN_DTYPES, dequantize
+from fw.plugins.loaders.gguf_file import GGUFFile, GGUFTensorInfo, read_gguf_file
+from fw.plugins.loaders.gguf_transformers import auto_tokenizer_class, config_from_dict, gguf_config_dict
 
 if TYPE_CHECKING:
-    from gguf.gguf_reader import ReaderTensor
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 Q = GGMLQuantizationType
 # The types we dequantize, each covered by a test against transformers. The K-quants
@@ -74,20 +79,17 @@ def require_gguf_file(model_path: Path) -> Path:
     raise ModelLoadError(f"{model_path} does not exist")
 
 
-def open_gguf(file: Path) -> GGUFReader:
-    """A memory-mapped reader; corrupt or truncated files become a ModelLoadError naming the file."""
+def open_gguf(file: Path) -> GGUFFile:
+    """The parsed header; corrupt or truncated files become a ModelLoadError naming the file."""
     try:
-        return GGUFReader(file)
-    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError... on bad bytes
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"cannot read {file}: {detail} (is it a complete GGUF file?)") from None
-
-
-def gguf_architecture(reader: GGUFReader, file: Path) -> str:
-    field = reader.fields.get("general.architecture")
-    if field is None:
+        gguf = read_gguf_file(file)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot read {file}: {exc} (is it a complete GGUF file?)") from None
+    if not isinstance(gguf.metadata.get("general.architecture"), str):
         raise ModelLoadError(f"{file} has no general.architecture metadata")
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return gguf
 
 
 def gguf_to_hf_names(hf_config: PretrainedConfig, architecture: str) -> dict[str, str]:
@@ -111,52 +113,71 @@ def gguf_to_hf_names(hf_config: PretrainedConfig, architecture: str) -> dict[str
     return mapping
 
 
-def undo_rotary_permutation(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Inverse of llama.cpp's ``permute`` for Q/K projection weights and biases.
+def undo_rotary_permutation(weight: ArrayT, num_heads: int) -> ArrayT:
+    """Inverse of llama.cpp's ``permute`` for Q/K projection weights and biases (torch or numpy).
 
     llama.cpp stores each head's rows in (pair, half) order where Hugging Face has
     (half, pair); swapping the two axes back restores the Hugging Face order.
     """
-    # weight: [num_heads * head_dim, hidden], or [num_heads * head_dim] for a bias
+    # weight: [num_heads * head_dim, ...]: values, or the stored bytes of whole rows
     head_dim = weight.shape[0] // num_heads
     rest = weight.shape[1:]
-    return weight.reshape(num_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
+    return weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
-def dequantize_tensor(tensor: ReaderTensor) -> torch.Tensor:
-    """The tensor in Hugging Face layout: GGUF lists dims fastest-first, torch slowest-first."""
-    shape = tuple(reversed([int(d) for d in tensor.shape]))
-    # The reader's arrays are read-only views of the mmap: copy before handing to torch.
-    if tensor.tensor_type == Q.F32:
-        return torch.from_numpy(np.array(tensor.data, dtype=np.float32)).reshape(shape)
-    if tensor.tensor_type == Q.F16:
-        return torch.from_numpy(np.array(tensor.data, dtype=np.float16)).reshape(shape)
-    if tensor.tensor_type == Q.BF16:
-        # The reader hands bf16 out as raw bytes; reinterpret them without a float32 detour.
-        return torch.from_numpy(np.array(tensor.data).view(np.int16)).view(torch.bfloat16).reshape(shape)
-    # Block-quantized types: dequantize returns a new float32 array, one row per output row.
-    return torch.from_numpy(dequantize(tensor.data, tensor.tensor_type)).reshape(shape)
+def dequantize_tensor(gguf: GGUFFile, tensor: GGUFTensorInfo, num_heads: int | None = None) -> torch.Tensor:
+    """The tensor's values in a new tensor, in Hugging Face layout; ``num_heads`` undoes the rotary permutation."""
+    data = gguf.tensor_bytes(tensor)
+    if num_heads is None:
+        return dequantize(data, tensor.tensor_type, tensor.shape)
+    if len(tensor.shape) > 1 or tensor.tensor_type in PLAIN_DTYPES:
+        # Each row is stored as whole blocks, so permuting the rows of the stored bytes is
+        # the same as permuting the values after, and is a cheap single-threaded numpy copy.
+        rows = undo_rotary_permutation(data.reshape(tensor.shape[0], -1), num_heads)
+        return dequantize(rows.reshape(-1), tensor.tensor_type, tensor.shape)
+    return undo_rotary_permutation(dequantize(data, tensor.tensor_type, tensor.shape), num_heads)
 
 
 class GGUFLoader(WeightLoader):
-    """Reads llama.cpp GGUF files: metadata through transformers, tensors dequantized at load."""
+    """Reads llama.cpp GGUF files: metadata as transformers reads it, tensors dequantized at load."""
 
     name = "gguf"
     # Below safetensors and pt: a Hugging Face directory that also carries a .gguf is
     # read from its native weights.
     auto_priority = 30
 
+    def __init__(self) -> None:
+        # The last file parsed, keyed by (path, mtime, size): the engine asks one loader for
+        # the config, the tokenizer and the weights, and the header is read once for all three.
+        self._parsed: tuple[tuple[Path, int, int], GGUFFile] | None = None
+
     def can_load(self, model_path: Path) -> bool:
         return find_gguf_file(model_path) is not None
+
+    def parse(self, file: Path) -> GGUFFile:
+        """``file``'s parsed header, read again only when the file changed."""
+        try:
+            stat = file.stat()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {file}: {exc.strerror}") from None
+        key = (file.resolve(), stat.st_mtime_ns, stat.st_size)
+        if self._parsed is None or self._parsed[0] != key:
+            self._parsed = (key, open_gguf(file))
+        return self._parsed[1]
 
     def load_hf_config(self, model_path: Path, *, trust_remote_code: bool = False) -> PretrainedConfig:
         from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         file = require_gguf_file(model_path)
+        gguf = self.parse(file)
+        config_dict = gguf_config_dict(gguf.metadata, gguf.tensor_names)
         try:
-            config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
-        except Exception as exc:  # transformers parses the file itself; any failure means a bad file
+            if config_dict is not None:
+                config = config_from_dict(config_dict, file.parent)
+            else:
+                config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+        except Exception as exc:  # transformers rejects the metadata; any failure means a bad file
             raise ModelLoadError(f"cannot read the config from {file}: {exc}".splitlines()[0]) from None
         # GGUF metadata names no `architectures`; fw picks the model class from it.
         if not getattr(config, "architectures", None):
@@ -168,18 +189,22 @@ class GGUFLoader(WeightLoader):
         from transformers import AutoTokenizer
 
         file = require_gguf_file(model_path)
+        gguf = self.parse(file)
+        config_dict = gguf_config_dict(gguf.metadata, gguf.tensor_names)
         try:
-            return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+            # AutoTokenizer would rebuild the config with gguf's slow reader only to choose the class.
+            chosen = config_dict and auto_tokenizer_class(config_from_dict(config_dict, file.parent), file.parent)
+            # transformers reads the vocabulary here: the one full read of the file's metadata.
+            return (chosen or AutoTokenizer).from_pretrained(str(file.parent), gguf_file=file.name)
         except Exception as exc:  # as above: transformers' GGUF parsing failed
             raise ModelLoadError(f"cannot read the tokenizer from {file}: {exc}".splitlines()[0]) from None
 
     def iter_weights(self, model_path: Path, hf_config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:
         file = require_gguf_file(model_path)
-        reader = open_gguf(file)
-        architecture = gguf_architecture(reader, file)
-        names = gguf_to_hf_names(hf_config, architecture)
-        tensors = [t for t in reader.tensors if t.name in names]
-        unknown = [t.name for t in reader.tensors if t.name not in names and t.name not in DERIVED_TENSORS]
+        gguf = self.parse(file)
+        names = gguf_to_hf_names(hf_config, gguf.architecture)
+        tensors = [t for t in gguf.tensors if t.name in names]
+        unknown = [t.name for t in gguf.tensors if t.name not in names and t.name not in DERIVED_TENSORS]
         if unknown:
             logger.warning(
                 "%s: ignoring %d tensors the %s model has no parameter for: %s",
@@ -193,14 +218,11 @@ class GGUFLoader(WeightLoader):
                     f"{file}: tensor {tensor.name} uses the quantization type {tensor.tensor_type.name}, "
                     f"which fw cannot dequantize (supported: {supported})"
                 )
-        permuted = architecture in PERMUTED_ARCHITECTURES
+        permuted = gguf.architecture in PERMUTED_ARCHITECTURES
         heads = {"attn_q": hf_config.num_attention_heads, "attn_k": hf_config.num_key_value_heads}
         for tensor in tqdm(tensors, desc="Loading GGUF tensors", unit="tensor", file=sys.stderr):
-            weight = dequantize_tensor(tensor)
             kind = tensor.name.split(".")[-2]  # blk.N.<kind>.weight
-            if permuted and kind in heads:
-                weight = undo_rotary_permutation(weight, heads[kind])
-            yield names[tensor.name], weight
+            yield names[tensor.name], dequantize_tensor(gguf, tensor, heads.get(kind) if permuted else None)
 
 
 @hookimpl
