@@ -1,0 +1,119 @@
+"""Paged decode attention for the CPU in C, compiled once with the system compiler.
+
+The C source (cpu_attention.c, next to this file) reads keys and values in place from the
+paged cache; the torch path must gather them into padded copies first. It is built at
+first use into fw's cache directory (keyed by the source and the CPU's features, since it
+is compiled with -march=native) and called through ctypes, which releases the GIL. Without
+a C compiler ``load()`` returns None and callers use torch instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_attention.c")
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FW_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fw")
+    return Path(root) / "kernels"
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None when it cannot be built here."""
+    if os.environ.get("FW_CPU_ATTENTION_KERNEL", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.info("no C compiler found: CPU decode attention uses torch")
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + _cpu_fingerprint().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_attention-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            command = [compiler, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread",
+                       str(SOURCE), "-o", str(built), "-lm"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                logger.warning("could not compile the CPU attention kernel (%s); using torch",
+                               result.stderr.strip().splitlines()[-1:] or result.returncode)
+                return None
+            os.replace(built, target)  # atomic: concurrent builders never see half a file
+    library = ctypes.CDLL(str(target))
+    library.paged_decode_attention.restype = ctypes.c_int
+    library.paged_decode_attention.argtypes = [
+        _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _i64, _ptr, _i64, _i64,
+        _i64, _i64, _i64, _i64, ctypes.c_float, _i64, ctypes.c_int, ctypes.c_int,
+    ]
+    return library
+
+
+def paged_decode_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    token_rows: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> None:
+    """Write into ``out[token_rows[s]]`` the attention of query row ``token_rows[s]`` over
+    sequence ``s``'s first ``seq_lens[s]`` cached keys.
+
+    query, out: [num_tokens, num_heads, head_dim]; kv_cache: [2, num_blocks, block_size,
+    num_kv_heads, head_dim]; block_tables: [num_seqs, max_blocks] int32; seq_lens: [num_seqs]
+    int32; token_rows: [num_seqs] int64. All on the CPU, in float32 or bfloat16.
+    """
+    library = load()
+    if library is None:
+        raise RuntimeError("the CPU attention kernel is not available")
+    dtype = DTYPES.get(query.dtype)
+    if dtype is None or kv_cache.dtype != query.dtype or out.dtype != query.dtype:
+        raise ValueError(f"query, cache and out must share float32 or bfloat16, got {query.dtype}, "
+                         f"{kv_cache.dtype}, {out.dtype}")
+    if query.stride(-1) != 1 or out.stride(-1) != 1 or not kv_cache.is_contiguous():
+        raise ValueError("query and out need a contiguous last dimension and the cache must be contiguous")
+    if block_tables.dtype != torch.int32 or seq_lens.dtype != torch.int32 or token_rows.dtype != torch.int64:
+        raise ValueError("block_tables and seq_lens must be int32 and token_rows int64")
+    block_tables, seq_lens, token_rows = block_tables.contiguous(), seq_lens.contiguous(), token_rows.contiguous()
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    keys, values = kv_cache[0], kv_cache[1]
+    status = library.paged_decode_attention(
+        query.data_ptr(), query.stride(0), query.stride(1),
+        keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2),
+        block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(), token_rows.data_ptr(),
+        seq_lens.shape[0], out.data_ptr(), out.stride(0), out.stride(1),
+        query.shape[1], num_kv_heads, head_dim, block_size, scale, sliding_window or 0, dtype,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise ValueError(f"the CPU attention kernel refused its arguments (head_dim {head_dim} > 256, "
+                         f"{query.shape[1]} heads > 128 or not a multiple of {num_kv_heads} kv heads)")

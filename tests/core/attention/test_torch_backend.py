@@ -1,0 +1,76 @@
+"""The CPU attention backend against the plain reference, on random mixed batches."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from fw.core.attention.torch_backend import DECODE_GROUP, TorchAttentionBackend
+from fw.core.forward_context import AttentionMetadata
+from fw.kernels.reference import paged_attention_ref, write_kv_ref
+
+
+def random_batch(rng: random.Random, heads: int, kv_heads: int, head_dim: int, block_size: int, num_seqs: int,
+                 dtype: torch.dtype):
+    """Decodes, prefill chunks with a cached prefix and fresh prefills over scattered blocks."""
+    query_lens, seq_lens = [], []
+    for _ in range(num_seqs):
+        seq_len = rng.randint(1, 70)
+        seq_lens.append(seq_len)
+        query_lens.append(rng.choice([1, 1, seq_len, rng.randint(1, seq_len)]))
+    num_blocks = sum((s + block_size - 1) // block_size for s in seq_lens) + 8
+    # Huge values in every slot: attending to a slot outside a sequence's context shows.
+    # (Unlike the Triton kernels this backend may read, with zero weight, the unused end of
+    # a sequence's last block, so the cache must hold finite values: it is zeroed at start.)
+    cache = torch.full((2, num_blocks, block_size, kv_heads, head_dim), 1e4, dtype=dtype)
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))
+    max_blocks = max((s + block_size - 1) // block_size for s in seq_lens)
+    tables = torch.zeros(num_seqs, max_blocks, dtype=torch.int32)
+    used, slots = 0, []
+    for i, (seq_len, query_len) in enumerate(zip(seq_lens, query_lens)):
+        n = (seq_len + block_size - 1) // block_size
+        tables[i, :n] = order[used:used + n]
+        used += n
+        # The cached prefix holds real values; the new tokens' slots are written by the step.
+        for p in range(seq_len):
+            slot = int(tables[i, p // block_size]) * block_size + p % block_size
+            if p < seq_len - query_len:
+                cache.view(2, -1, kv_heads, head_dim)[:, slot] = torch.randn(2, kv_heads, head_dim, dtype=dtype)
+            else:
+                slots.append(slot)
+    num_tokens = sum(query_lens)
+    q = torch.randn(num_tokens, heads, head_dim, dtype=dtype)
+    k = torch.randn(num_tokens, kv_heads, head_dim, dtype=dtype)
+    v = torch.randn(num_tokens, kv_heads, head_dim, dtype=dtype)
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    metadata = AttentionMetadata(starts, torch.tensor(seq_lens, dtype=torch.int32), tables, torch.tensor(slots),
+                                 max(query_lens), max(seq_lens))
+    return q, k, v, cache, metadata
+
+
+@pytest.mark.parametrize("decode_kernel", [True, False], ids=["c-kernel", "sdpa"])
+@pytest.mark.parametrize("case", range(24))
+def test_matches_the_reference(case, decode_kernel):
+    rng = random.Random(case)
+    heads, kv_heads, head_dim = rng.choice([(4, 2, 16), (8, 8, 32), (6, 2, 8), (9, 3, 64), (8, 1, 16)])
+    block_size = rng.choice([4, 8, 16])
+    num_seqs = rng.choice([1, 5, DECODE_GROUP + 7, 40])
+    dtype = torch.float32 if case % 4 else torch.bfloat16
+    window = rng.choice([None, None, 5, 17])
+    q, k, v, cache, metadata = random_batch(rng, heads, kv_heads, head_dim, block_size, num_seqs, dtype)
+
+    backend = TorchAttentionBackend()
+    if decode_kernel and not backend.decode_kernel:
+        pytest.skip("no C compiler to build the CPU decode kernel")
+    backend.decode_kernel = decode_kernel
+    ours = cache.clone()
+    out = backend.forward(q, k, v, ours, metadata, 0.3, window)
+    expected_cache = cache.clone()
+    write_kv_ref(k, v, expected_cache, metadata.slot_mapping)
+    expected = paged_attention_ref(q, expected_cache, metadata.query_start_loc, metadata.seq_lens,
+                                   metadata.block_tables, 0.3, window)
+    assert torch.equal(ours, expected_cache)
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
