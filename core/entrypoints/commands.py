@@ -1,5 +1,6 @@
 """The subcommands' parsers, and the commands later versions implement (chat, complete,
-bench, run-batch), which parse and check their options and then say they are not available.
+bench serve, run-batch), which parse and check their options and then say they are not available.
+``fw bench throughput`` and ``fw bench latency`` run :mod:`fw.core.entrypoints.bench`.
 """
 
 from __future__ import annotations
@@ -146,6 +147,25 @@ def add_run_batch_command(subparsers: Any, plugins: Plugins) -> None:
     parser.set_defaults(handler=handler)
 
 
+def _bench_handler(name: str) -> Handler:
+    """A handler that imports the benchmarks (torch, transformers) only when one runs."""
+
+    def handler(args: argparse.Namespace, plugins: Plugins) -> int:
+        from fw.core.entrypoints import bench
+
+        return getattr(bench, name)(args, plugins)
+
+    return handler
+
+
+def _add_sampling_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--temperature", type=float, default=0.6,
+                       help="Sampling temperature of every request; 0 is greedy "
+                       "(default: %(default)s, as nano-vllm's bench).")
+    group.add_argument("--disable-detokenize", action=argparse.BooleanOptionalAction, default=False,
+                       help="Do not turn output tokens into text (time the model and sampling only).")
+
+
 def add_bench_command(subparsers: Any, plugins: Plugins) -> None:
     bench = subparsers.add_parser("bench", help="Benchmark fw.", description="Benchmark the engine or a running server.")
     kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -158,22 +178,41 @@ def add_bench_command(subparsers: Any, plugins: Plugins) -> None:
     group.add_argument("--input-len", type=_positive_int, default=32, help="Prompt tokens per request (default: %(default)s).")
     group.add_argument("--output-len", type=_positive_int, default=128, help="Generated tokens per request (default: %(default)s).")
     group.add_argument("--batch-size", type=_positive_int, default=8, help="Requests in the batch (default: %(default)s).")
-    group.add_argument("--num-iters-warmup", type=int, default=10, help="Untimed warm-up runs (default: %(default)s).")
-    group.add_argument("--num-iters", type=_positive_int, default=30, help="Timed runs (default: %(default)s).")
+    group.add_argument("--num-iters-warmup", type=int, default=2, help="Untimed warm-up runs (default: %(default)s).")
+    group.add_argument("--num-iters", type=_positive_int, default=5, help="Timed runs (default: %(default)s).")
+    _add_sampling_options(group)
     group.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
-    latency.set_defaults(handler=_check_engine_options("`fw bench latency`"))
+    latency.set_defaults(handler=_bench_handler("run_latency"))
 
     throughput = add_engine_parser(
         kinds, "throughput", plugins=plugins,
-        help="Throughput, offline.", description="Measure how many requests and tokens per second the engine processes.",
+        help="Throughput, offline.", description="Measure how many requests and tokens per second the engine "
+        "processes, optionally against Hugging Face transformers on the same requests (--backend hf|both). "
+        "Prompts are random token ids; every request generates exactly its output length (ignore_eos). "
+        "The random seed is --seed.",
     )
-    group = throughput.add_option_group("ThroughputBenchmark", "The requests to process.")
+    group = throughput.add_option_group("ThroughputBenchmark", "The requests to process and who processes them.")
     group.add_argument("--dataset-name", choices=["random"], default="random", help="Where prompts come from (default: %(default)s).")
-    group.add_argument("--input-len", type=_positive_int, default=1024, help="Prompt tokens per request (default: %(default)s).")
-    group.add_argument("--output-len", type=_positive_int, default=128, help="Generated tokens per request (default: %(default)s).")
-    group.add_argument("--num-prompts", type=_positive_int, default=1000, help="Number of requests (default: %(default)s).")
+    group.add_argument("--input-len", "--random-input-len", dest="input_len", type=_positive_int, default=1024,
+                       help="Prompt tokens per request (default: %(default)s).")
+    group.add_argument("--output-len", "--random-output-len", dest="output_len", type=_positive_int, default=128,
+                       help="Generated tokens per request (default: %(default)s).")
+    group.add_argument("--random-range-ratio", type=float, default=0.0,
+                       help="Draw lengths uniformly from [len * (1 - ratio), len * (1 + ratio)]; in [0, 1) "
+                       "(default: %(default)s).")
+    group.add_argument("--input-len-range", nargs=2, type=_positive_int, metavar=("MIN", "MAX"), default=None,
+                       help="Draw prompt lengths uniformly from MIN..MAX (replaces --input-len and the ratio).")
+    group.add_argument("--output-len-range", nargs=2, type=_positive_int, metavar=("MIN", "MAX"), default=None,
+                       help="Draw output lengths uniformly from MIN..MAX (replaces --output-len and the ratio).")
+    group.add_argument("--num-prompts", type=_positive_int, default=128, help="Number of requests (default: %(default)s).")
+    group.add_argument("--backend", choices=["fw", "hf", "both"], default="fw",
+                       help="fw's engine, Hugging Face transformers generate() in padded batches, or both "
+                       "one after the other with the ratio of their output tokens/s (default: %(default)s).")
+    group.add_argument("--hf-max-batch-size", type=_positive_int, default=32,
+                       help="The most requests in one transformers generate() batch (default: %(default)s).")
+    _add_sampling_options(group)
     group.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
-    throughput.set_defaults(handler=_check_engine_options("`fw bench throughput`"))
+    throughput.set_defaults(handler=_bench_handler("run_throughput"))
 
     serve = kinds.add_parser(
         "serve", help="Load-test a running server.",

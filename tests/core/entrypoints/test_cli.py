@@ -117,8 +117,6 @@ def test_config_file_bad_value_names_the_key(run_fw, tmp_path: Path) -> None:
         (["chat", "--url", "http://localhost:9000/v1", "-q", "hi"], "`fw chat`"),
         (["complete", "--model", "m", "--quick", "Once upon"], "`fw complete`"),
         (["run-batch", "-i", "in.jsonl", "-o", "out.jsonl", "--max-model-len", "2k"], "`fw run-batch`"),
-        (["bench", "latency", "--input-len", "16", "--dtype", "float32"], "`fw bench latency`"),
-        (["bench", "throughput", "--num-prompts", "10"], "`fw bench throughput`"),
         (
             ["bench", "serve", "--base-url", "http://localhost:8000", "--dataset", "random", "--num-prompts", "5",
              "--random-input-len", "32", "--random-output-len", "8", "--request-rate", "2", "--max-concurrency", "4",
