@@ -14,7 +14,7 @@ import torch
 from fw.core.config.base import ConfigError
 from fw.core.config.engine import EngineConfig
 from fw.core.errors import FwError
-from fw.core.interfaces import CausalLM, Platform, ResolvedModel
+from fw.core.interfaces import CausalLM, Platform, ResolvedModel, WeightLoader
 from fw.core.model_files import resolve_model, select_architecture, select_platform, select_weight_loader
 from fw.core.plugins import Plugins
 from fw.core.runner.model_runner import KVCacheSpec
@@ -122,7 +122,18 @@ def generation_defaults(config: EngineConfig, model_path: Path, hf_config: Any) 
     return defaults, tuple(eos_ids)
 
 
-def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
+@dataclass
+class ModelFiles:
+    """The model's files resolved and its config and tokenizer read: everything but the weights."""
+
+    resolved: ResolvedModel
+    platform: Platform
+    loader: WeightLoader
+    hf_config: Any
+    tokenizer: Any
+
+
+def open_model_files(config: EngineConfig, plugins: Plugins) -> ModelFiles:
     model_config, load_config = config.model, config.load
     resolved = resolve_model(plugins, model_config.model, revision=model_config.revision,
                              download_dir=load_config.download_dir)
@@ -136,6 +147,14 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
             tokenizer_model.path, trust_remote_code=model_config.trust_remote_code)
     else:
         tokenizer = loader.load_tokenizer(resolved.path, trust_remote_code=model_config.trust_remote_code)
+    return ModelFiles(resolved, platform, loader, hf_config, tokenizer)
+
+
+def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
+    model_config = config.model
+    files = open_model_files(config, plugins)
+    resolved, platform, loader, hf_config, tokenizer = (files.resolved, files.platform, files.loader, files.hf_config,
+                                                        files.tokenizer)
     model_cls = select_architecture(plugins, hf_config)
     quantization = choose_quantization(config, hf_config, plugins)
     max_model_len = derive_max_model_len(config, hf_config)

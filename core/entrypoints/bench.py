@@ -185,24 +185,13 @@ def model_info_from_llm(llm: LLM, plugins: Plugins) -> ModelInfo:
 
 def inspect_model(values: dict[str, Any], plugins: Plugins) -> ModelInfo:
     """Resolve the model, its config, tokenizer and dtype as the engine would, without its weights."""
-    from fw.core.engine.loading import choose_dtype, derive_max_model_len
-    from fw.core.model_files import resolve_model, select_platform, select_weight_loader
+    from fw.core.engine.loading import choose_dtype, derive_max_model_len, open_model_files
 
     config = EngineConfig.from_values(values)
-    model, load = config.model, config.load
-    resolved = resolve_model(plugins, model.model, revision=model.revision, download_dir=load.download_dir)
-    platform = select_platform(plugins, config.device.device)
-    loader = select_weight_loader(plugins, load.load_format, resolved.path)
-    hf_config = loader.load_hf_config(resolved.path, trust_remote_code=model.trust_remote_code)
-    if model.tokenizer is not None:
-        tokenizer_files = resolve_model(plugins, model.tokenizer, revision=model.tokenizer_revision,
-                                        download_dir=load.download_dir)
-        tokenizer = select_weight_loader(plugins, "auto", tokenizer_files.path).load_tokenizer(
-            tokenizer_files.path, trust_remote_code=model.trust_remote_code)
-    else:
-        tokenizer = loader.load_tokenizer(resolved.path, trust_remote_code=model.trust_remote_code)
-    return ModelInfo(resolved.path, loader.name, hf_config, tokenizer, choose_dtype(config, platform, hf_config),
-                     platform.torch_device(), derive_max_model_len(config, hf_config))
+    files = open_model_files(config, plugins)
+    return ModelInfo(files.resolved.path, files.loader.name, files.hf_config, files.tokenizer,
+                     choose_dtype(config, files.platform, files.hf_config), files.platform.torch_device(),
+                     derive_max_model_len(config, files.hf_config))
 
 
 def vocab_size(info: ModelInfo) -> int:
