@@ -60,7 +60,11 @@ def load() -> ctypes.CDLL | None:
             built = Path(tmp) / target.name
             command = [compiler, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread",
                        str(SOURCE), "-o", str(built), "-lm"]
-            result = subprocess.run(command, capture_output=True, text=True)
+            try:
+                result = subprocess.run(command, capture_output=True, text=True)
+            except OSError as exc:  # e.g. CC names a compiler that is not there
+                logger.warning("could not run the C compiler %s (%s); CPU decode attention uses torch", compiler, exc)
+                return None
             if result.returncode != 0:
                 logger.warning("could not compile the CPU attention kernel (%s); using torch",
                                result.stderr.strip().splitlines()[-1:] or result.returncode)

@@ -44,7 +44,8 @@ class LoadedModel:
 
 
 def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
-    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    # vars(), not getattr: transformers 5 warns on every read of the deprecated torch_dtype.
+    dtype = getattr(hf_config, "dtype", None) or vars(hf_config).get("torch_dtype")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else None

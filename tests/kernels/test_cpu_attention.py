@@ -70,3 +70,14 @@ def test_without_a_compiler_it_reports_none(monkeypatch):
         monkeypatch.delenv("FW_CPU_ATTENTION_KERNEL")
         cpu_attention.load.cache_clear()
     assert cpu_attention.load() is not None
+
+
+def test_a_missing_compiler_falls_back_instead_of_failing(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FW_CACHE_DIR", str(tmp_path))  # nothing cached: it must try to build
+    cpu_attention.load.cache_clear()
+    try:
+        assert cpu_attention.load() is None
+    finally:
+        monkeypatch.undo()
+        cpu_attention.load.cache_clear()
