@@ -3,8 +3,8 @@
  * in place from the paged cache (no gathered copies, no padding).
  *
  * Compiled at first use by fw.kernels.cpu_attention with the system C compiler
- * (-O3 -march=native -ffast-math), called through ctypes, which releases the GIL.
- * Work is split over `num_threads` pthreads by sequence.
+ * (-O3 -march=native -ffast-math -fopenmp), called through ctypes, which releases the GIL.
+ * Work is split over `num_threads` OpenMP threads by sequence.
  *
  * Layouts (element strides are given for every tensor, innermost dimension contiguous):
  *   query  [num_tokens, num_heads, head_dim]
@@ -13,7 +13,6 @@
  * dtype: 0 = float32, 1 = bfloat16 (query, caches and out share it).
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +31,6 @@ typedef struct {
     int64_t num_seqs, num_heads, num_kv_heads, head_dim, block_size, sliding_window;
     float scale;
     int dtype;
-    int64_t job_begin, job_end;
 } Args;
 
 static inline float bf16_to_f32(uint16_t x) {
@@ -134,19 +132,6 @@ static void attend(const Args *a, int64_t seq, float *scores) {
     }
 }
 
-static void *run_jobs(void *arg) {
-    const Args *a = (const Args *)arg;
-    int64_t max_len = 0;
-    for (int64_t j = a->job_begin; j < a->job_end; j++) {
-        if (a->seq_lens[j] > max_len) max_len = a->seq_lens[j];
-    }
-    float *scores = (float *)malloc(sizeof(float) * (a->num_heads * max_len + 1));
-    if (scores == NULL) return (void *)1;
-    for (int64_t j = a->job_begin; j < a->job_end; j++) attend(a, j, scores);
-    free(scores);
-    return NULL;
-}
-
 /* Returns 0 on success, 1 on bad arguments or out of memory. */
 int paged_decode_attention(
     const void *query, int64_t q_tok, int64_t q_head,
@@ -158,34 +143,24 @@ int paged_decode_attention(
     if (head_dim > MAX_HEAD_DIM || num_heads > MAX_HEADS || num_heads % num_kv_heads) return 1;
     Args base = {query, k_cache, v_cache, out, q_tok, q_head, c_block, c_slot, c_head, o_tok, o_head,
                  block_tables, bt_stride, seq_lens, token_rows, num_seqs, num_heads, num_kv_heads, head_dim,
-                 block_size, sliding_window, scale, dtype, 0, 0};
-    int64_t jobs = num_seqs;
-    if (num_threads < 1) num_threads = 1;
-    if (num_threads > 64) num_threads = 64;
-    if (jobs < num_threads) num_threads = (int)jobs;
-    if (num_threads <= 1) {
-        base.job_end = jobs;
-        return run_jobs(&base) == NULL ? 0 : 1;
+                 block_size, sliding_window, scale, dtype};
+    int64_t max_len = 0;
+    for (int64_t j = 0; j < num_seqs; j++) {
+        if (seq_lens[j] > max_len) max_len = seq_lens[j];
     }
-    pthread_t threads[64];
-    int started[64] = {0};
-    Args parts[64];
     int failed = 0;
-    for (int t = 0; t < num_threads; t++) {
-        parts[t] = base;
-        parts[t].job_begin = jobs * t / num_threads;
-        parts[t].job_end = jobs * (t + 1) / num_threads;
-    }
-    for (int t = 1; t < num_threads; t++) started[t] = pthread_create(&threads[t], NULL, run_jobs, &parts[t]) == 0;
-    for (int t = 0; t < num_threads; t++) {
-        if (t == 0 || !started[t]) failed |= run_jobs(&parts[t]) != NULL; /* this thread's share, or a failed start */
-    }
-    for (int t = 1; t < num_threads; t++) {
-        void *result = NULL;
-        if (started[t]) {
-            pthread_join(threads[t], &result);
-            failed |= result != NULL;
+    /* torch's own OpenMP runtime runs this (the process has one libgomp.so.1, loaded by
+       torch first): its worker threads, still spinning after torch's last op, take the
+       work at once instead of competing with threads of our own for the cores. */
+#pragma omp parallel num_threads(num_threads) reduction(| : failed)
+    {
+        float *scores = (float *)malloc(sizeof(float) * (num_heads * max_len + 1));
+        if (scores == NULL) failed = 1; /* every thread must still reach the loop's barrier */
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t j = 0; j < num_seqs; j++) {
+            if (scores != NULL) attend(&base, j, scores);
         }
+        free(scores);
     }
     return failed;
 }

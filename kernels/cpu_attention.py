@@ -3,8 +3,9 @@
 The C source (cpu_attention.c, next to this file) reads keys and values in place from the
 paged cache; the torch path must gather them into padded copies first. It is built at
 first use into fw's cache directory (keyed by the source and the CPU's features, since it
-is compiled with -march=native) and called through ctypes, which releases the GIL. Without
-a C compiler ``load()`` returns None and callers use torch instead.
+is compiled with -march=native) and called through ctypes, which releases the GIL. It uses
+OpenMP, which resolves to the libgomp torch already loaded, so it shares torch's threads.
+Without a C compiler ``load()`` returns None and callers use torch instead.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def load() -> ctypes.CDLL | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            command = [compiler, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread",
+            command = [compiler, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-fopenmp",
                        str(SOURCE), "-o", str(built), "-lm"]
             try:
                 result = subprocess.run(command, capture_output=True, text=True)
