@@ -25,6 +25,7 @@ class CacheConfig(ConfigBase):
     kv_cache_memory_bytes: int | None = option(
         None,
         unit="bytes",
+        short="--kv-cache-memory",
         help="Size of the KV cache per device in bytes (accepts 4GiB, 8G, 512MB...). When set it "
         "replaces the --gpu-memory-utilization estimate. On the CPU it defaults to "
         f"{format_bytes(DEFAULT_CPU_KV_CACHE_BYTES)}.",

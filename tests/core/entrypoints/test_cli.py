@@ -191,3 +191,16 @@ def test_top_level_help_lists_the_commands(run_fw) -> None:
     assert result.code == 0
     for command in ("serve", "chat", "complete", "bench", "collect-env", "run-batch", "plugins"):
         assert command in result.out
+
+
+def test_kv_cache_memory_is_accepted_as_the_short_name_of_kv_cache_memory_bytes():
+    from fw.core.config import CacheConfig, EngineConfig
+
+    assert EngineConfig.from_values({"kv_cache_memory_bytes": "1GiB"}).cache.kv_cache_memory_bytes == 2**30
+    from fw.core.config.args import FwArgumentParser, add_config_arguments, values_from_namespace
+    from fw.core.plugins import load_plugins
+
+    parser = FwArgumentParser()
+    add_config_arguments(parser, [CacheConfig], load_plugins(env={}))
+    values = values_from_namespace(parser.parse_args(["--kv-cache-memory", "512MiB"]), [CacheConfig])
+    assert values["kv_cache_memory_bytes"] == 512 * 2**20
