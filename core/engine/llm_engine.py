@@ -7,26 +7,21 @@ A step reads as nano-vllm's: ``scheduler.schedule()`` -> ``runner.execute()`` ->
 from __future__ import annotations
 
 import itertools
-import logging
 import time
-from typing import Any
 
 import torch
 
 from fw.core.config.engine import EngineConfig
 from fw.core.config.scheduler import DEFAULT_CHUNKED_PREFILL_TOKENS
 from fw.core.engine.detokenizer import IncrementalDetokenizer, find_stop_string
-from fw.core.engine.loading import check_fits, kv_cache_spec, load_model, num_kv_blocks
+from fw.core.engine.loading import check_fits, kv_cache_spec, load_model, num_kv_blocks, text_config
 from fw.core.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from fw.core.engine.sampling_params import SamplingParams
-from fw.core.engine.sequence import Logprob, Sequence, SequenceStatus
+from fw.core.engine.sequence import Logprob, Sequence
 from fw.core.kv_cache import BlockManager
 from fw.core.plugins import Plugins, load_plugins
 from fw.core.runner.model_runner import ModelRunner, StepResult
 from fw.core.scheduler import Scheduler
-
-logger = logging.getLogger("fw")
-
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, plugins: Plugins | None = None) -> None:
@@ -38,7 +33,7 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.max_model_len = loaded.max_model_len
         self.served_name = loaded.resolved.served_name
-        self.vocab_size = _vocab_size(loaded)
+        self.vocab_size = int(text_config(loaded.hf_config).vocab_size)
 
         spec = kv_cache_spec(config, loaded)
         self.runner = ModelRunner(loaded.model, loaded.platform, loaded.device, self.vocab_size, spec)
@@ -238,8 +233,3 @@ class LLMEngine:
             self._prompts.pop(request_id, None)
         return output
 
-
-def _vocab_size(loaded: Any) -> int:
-    from fw.core.engine.loading import text_config
-
-    return int(text_config(loaded.hf_config).vocab_size)

@@ -7,21 +7,18 @@ is the only code that sets the forward context.
 from __future__ import annotations
 
 import importlib
-import logging
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 
+from fw.core.engine.sampling_params import SamplingParams
 from fw.core.engine.sequence import Logprob, Sequence
 from fw.core.forward_context import AttentionMetadata, ForwardContext, forward_context
 from fw.core.interfaces import AttentionBackend, CausalLM, Platform
 from fw.core.kv_cache import BlockManager
 from fw.core.runner.sampler import Sampler, SamplerOutput, SamplingBatch, compute_prompt_logprobs
 from fw.core.scheduler import ScheduledBatch
-
-logger = logging.getLogger(__name__)
-
 
 def load_attention_backend(platform: Platform) -> AttentionBackend:
     module_name, _, class_name = platform.attention_backend().partition(":")
@@ -83,13 +80,11 @@ class ModelRunner:
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         prompt_rows: list[tuple[Sequence, int, int]] = []  # (seq, first token row, num positions)
-        bs = block_manager.block_size
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
             input_ids += seq.tokens_slice(start, end)
             positions += range(start, end)
-            blocks = seq.block_ids
-            slots += [blocks[p // bs] * bs + p % bs for p in range(start, end)]
+            slots += [block_manager.slot(seq, p) for p in range(start, end)]
             row0 = starts[-1]
             starts.append(row0 + num_new)
             seq_lens.append(end)
@@ -144,7 +139,7 @@ class ModelRunner:
 
     def dummy_run(self, num_tokens: int, block_manager: BlockManager) -> None:
         """A forward over ``num_tokens`` fresh tokens, for memory profiling and warm-up."""
-        seq = Sequence(request_id="profile", prompt_token_ids=[0] * num_tokens, params=_PROFILE_PARAMS)
+        seq = Sequence(request_id="profile", prompt_token_ids=[0] * num_tokens, params=SamplingParams(max_tokens=1, temperature=0.0))
         cached: list[int] = []
         block_manager.allocate(seq, cached, num_tokens)
         try:
@@ -165,12 +160,3 @@ def to_position_logprobs(chosen, ranks, top, token_ids: Iterable[int]) -> list[d
                 entry.setdefault(tid, Logprob(value, rank))
         positions.append(entry)
     return positions
-
-
-def _profile_params():
-    from fw.core.engine.sampling_params import SamplingParams
-
-    return SamplingParams(max_tokens=1, temperature=0.0)
-
-
-_PROFILE_PARAMS = _profile_params()
