@@ -1,0 +1,287 @@
+"""The engine for servers: ``LLMEngine`` stepping in a background thread, requests as async streams.
+
+The event loop never waits for a step. It hands commands (add, abort, stop) to the engine
+thread through a queue; the thread drains the queue between steps, runs ``LLMEngine.step()``
+and hands each request's output back to the event loop that asked for it. Torch releases the
+GIL inside its kernels, so the event loop keeps answering (``/health``, new requests) while a
+step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+
+from fw.core.engine.outputs import RequestOutput
+from fw.core.engine.sampling_params import SamplingParams
+from fw.core.errors import FwError
+
+if TYPE_CHECKING:
+    from fw.core.config.engine import EngineConfig
+    from fw.core.engine.llm_engine import LLMEngine
+    from fw.core.plugins import Plugins
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(FwError):
+    """The engine loop stopped (it crashed, or it was shut down); no request can run any more."""
+
+
+@dataclass
+class FinishedRequestStats:
+    finish_reason: str
+    e2e_latency: float
+    queue_time: float
+    num_prompt_tokens: int
+    num_generation_tokens: int
+
+
+@dataclass
+class IterationStats:
+    """What one engine step (or one batch of aborts) changed, for metrics and the stats log."""
+
+    time: float
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_preemptions: int = 0
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    time_to_first_tokens: list[float] = field(default_factory=list)
+    inter_token_latencies: list[float] = field(default_factory=list)
+    finished_requests: list[FinishedRequestStats] = field(default_factory=list)
+
+
+class StatLogger(Protocol):
+    def record(self, stats: IterationStats) -> None: ...
+
+
+class _Stream:
+    """Where one request's outputs go: a queue on the event loop that awaits them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+
+@dataclass
+class _Progress:
+    """Per-request bookkeeping for token-latency stats."""
+
+    num_tokens: int = 0
+    last_token_time: float = 0.0
+
+
+_STOP = object()
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, stat_loggers: Sequence[StatLogger] = ()) -> None:
+        self.engine = engine
+        self.stat_loggers = list(stat_loggers)
+        self.dead_error: BaseException | None = None
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._progress: dict[str, _Progress] = {}
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        bm, sched = engine.block_manager, engine.scheduler
+        self._counters = (bm.num_prefix_queries, bm.num_prefix_hits, sched.num_preemptions)
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, plugins: Plugins | None = None,
+                    stat_loggers: Sequence[StatLogger] = ()) -> AsyncEngine:
+        from fw.core.engine.llm_engine import LLMEngine
+
+        return cls(LLMEngine(config, plugins), stat_loggers)
+
+    # ---------------------------------------------------------------- event-loop side
+
+    @property
+    def is_dead(self) -> bool:
+        return self.dead_error is not None
+
+    def num_unfinished(self) -> int:
+        return len(self._streams)
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fw-engine", daemon=True)
+                self._thread.start()
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Outputs of one request as it progresses (cumulative); the last one is finished.
+
+        Leaving early (``break``, ``aclose()``, cancellation) aborts the request.
+        """
+        self._check_alive()
+        self.start()
+        stream = _Stream(asyncio.get_running_loop())
+        self._commands.put(("add", request_id, prompt, params, priority, stream))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                while not stream.queue.empty() and not isinstance(item, BaseException):
+                    item = stream.queue.get_nowait()  # outputs are cumulative: the latest says it all
+                if isinstance(item, BaseException):
+                    finished = True  # the engine already dropped it
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; safe from any thread, a no-op once it finished."""
+        if self._thread is not None and self.dead_error is None:
+            self._commands.put(("abort", request_id))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Abort every unfinished request and stop the engine thread."""
+        if self._thread is None:
+            return
+        self._commands.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("the engine thread did not stop within %.1f s", timeout)
+
+    def _check_alive(self) -> None:
+        if self.dead_error is not None:
+            raise EngineDeadError(f"the engine is not running: {self.dead_error}")
+
+    # ---------------------------------------------------------------- engine thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if not self._drain_commands(block=not self.engine.has_unfinished_requests()):
+                    break
+                if not self.engine.has_unfinished_requests():
+                    continue
+                outputs = self.engine.step()
+                self._record(outputs)
+                self._deliver(outputs)
+            for request_id in list(self._streams):
+                self.engine.abort_request(request_id)
+            reason: BaseException = EngineDeadError("the engine was shut down")
+        except BaseException as e:  # noqa: BLE001 - any failure of a step ends the engine
+            logger.exception("the engine loop failed")
+            reason = e
+        self.dead_error = reason
+        self._fail_all(reason)
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Apply queued commands; wait for one when idle. False when asked to stop."""
+        aborted = False
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                break
+            block = False
+            if command is _STOP:
+                return False
+            if command[0] == "add":
+                _, request_id, prompt, params, priority, stream = command
+                try:
+                    self.engine.add_request(request_id, prompt, params, priority)
+                except Exception as e:  # noqa: BLE001 - a bad request fails alone
+                    self._send(stream, e)
+                    continue
+                self._streams[request_id] = stream
+                if self.stat_loggers:
+                    self._progress[request_id] = _Progress()
+            else:
+                request_id = command[1]
+                if self._streams.pop(request_id, None) is not None:
+                    self.engine.abort_request(request_id)
+                    self._progress.pop(request_id, None)
+                    aborted = True
+        if aborted:
+            self._record([])
+        return True
+
+    def _send(self, stream: _Stream, item: RequestOutput | BaseException) -> None:
+        try:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        except RuntimeError:
+            pass  # that event loop is closed: nobody is waiting any more
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
+        for output in outputs:
+            stream = self._streams.pop(output.request_id, None) if output.finished else self._streams.get(output.request_id)
+            if stream is not None:
+                by_loop.setdefault(stream.loop, []).append((stream, output))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)  # one wake-up per step, not per request
+            except RuntimeError:
+                for _, output in items:
+                    if not output.finished:
+                        self._commands.put(("abort", output.request_id))
+
+    def _fail_all(self, error: BaseException) -> None:
+        streams, self._streams = self._streams, {}
+        dead = error if isinstance(error, EngineDeadError) else EngineDeadError(f"the engine stopped: {error}")
+        for stream in streams.values():
+            self._send(stream, dead)
+
+    def _record(self, outputs: list[RequestOutput]) -> None:
+        if not self.stat_loggers:
+            return
+        engine = self.engine
+        bm, sched = engine.block_manager, engine.scheduler
+        counters = (bm.num_prefix_queries, bm.num_prefix_hits, sched.num_preemptions)
+        queries, hits, preemptions = (new - old for new, old in zip(counters, self._counters))
+        self._counters = counters
+        now = time.monotonic()
+        stats = IterationStats(now, len(sched.running), len(sched.waiting), bm.usage, queries, hits, preemptions)
+        for output in outputs:
+            progress = self._progress.get(output.request_id)
+            if progress is None:
+                continue
+            num_tokens = sum(len(o.token_ids) for o in output.outputs)
+            new_tokens = num_tokens - progress.num_tokens
+            metrics = output.metrics
+            if new_tokens > 0:
+                if progress.num_tokens == 0:
+                    stats.num_prompt_tokens += len(output.prompt_token_ids)
+                    stats.time_to_first_tokens.append(now - metrics.arrival_time)
+                else:
+                    stats.inter_token_latencies.append(now - progress.last_token_time)
+                stats.num_generation_tokens += new_tokens
+                progress.num_tokens, progress.last_token_time = num_tokens, now
+            if output.finished:
+                del self._progress[output.request_id]
+                stats.finished_requests.append(FinishedRequestStats(
+                    finish_reason=output.outputs[0].finish_reason or "abort",
+                    e2e_latency=now - metrics.arrival_time,
+                    queue_time=(metrics.first_scheduled_time or now) - metrics.arrival_time,
+                    num_prompt_tokens=len(output.prompt_token_ids),
+                    num_generation_tokens=num_tokens,
+                ))
+        for stat_logger in self.stat_loggers:
+            try:
+                stat_logger.record(stats)
+            except Exception:  # noqa: BLE001 - metrics must never stop the engine
+                logger.exception("stat logger %r failed", stat_logger)
+
+
+def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
+    for stream, output in items:
+        stream.queue.put_nowait(output)
