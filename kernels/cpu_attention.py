@@ -1,46 +1,23 @@
-"""Paged decode attention for the CPU in C, compiled once with the system compiler.
+"""Paged decode attention for the CPU in C (cpu_attention.c, built by ``cpu_build``).
 
-The C source (cpu_attention.c, next to this file) reads keys and values in place from the
-paged cache; the torch path must gather them into padded copies first. It is built at
-first use into fw's cache directory (keyed by the source and the CPU's features, since it
-is compiled with -march=native) and called through ctypes, which releases the GIL. It uses
-OpenMP, which resolves to the libgomp torch already loaded, so it shares torch's threads.
-Without a C compiler ``load()`` returns None and callers use torch instead.
+The kernel reads keys and values in place from the paged cache; the torch path must
+gather them into padded copies first. ``FW_CPU_ATTENTION_KERNEL=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
-logger = logging.getLogger(__name__)
+from fw.kernels.cpu_build import build
 
 SOURCE = Path(__file__).with_name("cpu_attention.c")
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("FW_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fw")
-    return Path(root) / "kernels"
-
-
-def _cpu_fingerprint() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -48,30 +25,9 @@ def load() -> ctypes.CDLL | None:
     """The compiled kernel library, or None when it cannot be built here."""
     if os.environ.get("FW_CPU_ATTENTION_KERNEL", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        logger.info("no C compiler found: CPU decode attention uses torch")
+    library = build(SOURCE, ("-ffast-math",))
+    if library is None:
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + _cpu_fingerprint().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_attention-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            command = [compiler, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-fopenmp",
-                       str(SOURCE), "-o", str(built), "-lm"]
-            try:
-                result = subprocess.run(command, capture_output=True, text=True)
-            except OSError as exc:  # e.g. CC names a compiler that is not there
-                logger.warning("could not run the C compiler %s (%s); CPU decode attention uses torch", compiler, exc)
-                return None
-            if result.returncode != 0:
-                logger.warning("could not compile the CPU attention kernel (%s); using torch",
-                               result.stderr.strip().splitlines()[-1:] or result.returncode)
-                return None
-            os.replace(built, target)  # atomic: concurrent builders never see half a file
-    library = ctypes.CDLL(str(target))
     library.paged_decode_attention.restype = ctypes.c_int
     library.paged_decode_attention.argtypes = [
         _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _ptr, _i64, _ptr, _i64, _i64,

@@ -24,7 +24,8 @@ from fw.core.errors import ModelLoadError
 from fw.core.forward_context import get_forward_context
 from fw.core.interfaces.model import CausalLM
 from fw.core.models.layers.basic import MergedLinear, RMSNorm
-from fw.core.models.layers.rotary import RotaryEmbedding, apply_rotary
+from fw.core.models.layers.rotary import RotaryEmbedding, apply_rotary_qk
+from fw.kernels import cpu_ops
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary_qk(q, k, cos, sin)
         ctx = get_forward_context()
         out = ctx.backend.forward(
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale, self.sliding_window
@@ -115,10 +116,14 @@ class MLP(nn.Module):
         self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=options.mlp_bias)
         self.down_proj = nn.Linear(size, config.hidden_size, bias=options.mlp_bias)
         self.act = ACT2FN[getattr(config, "hidden_act", "silu")]
+        self.is_silu = getattr(config, "hidden_act", "silu") == "silu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, hidden] -> gate, up: [T, intermediate] -> [T, hidden]
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        # x: [T, hidden] -> gate_up: [T, 2 * intermediate] -> [T, intermediate] -> [T, hidden]
+        gate_up = self.gate_up_proj(x)
+        if self.is_silu and cpu_ops.supports(gate_up):
+            return self.down_proj(cpu_ops.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 
@@ -130,9 +135,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, options)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` is the previous sublayer's output, not yet added to the ``residual`` stream (None
+        before the first layer, where ``x`` is the stream): each norm adds then normalises."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, cos, sin)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -147,9 +160,10 @@ class DecoderModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [T, hidden]
         cos, sin = self.rotary_emb(positions)  # [T, head_dim / 2] each
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin)
+        return self.norm(x) if residual is None else self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(CausalLM):

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fw.kernels import cpu_ops
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``x: [..., D]``, ``weight: [D]`` -> ``[..., D]``, normalised in float32 as HF Llama does."""
@@ -17,13 +19,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm; given the residual stream too, it first adds ``x`` to it (vLLM's fused form):
+    ``norm(x, residual)`` -> ``(rms_norm(x + residual), x + residual)``."""
+
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.dim() == 2 and cpu_ops.supports(x, self.weight):
+            # One C pass; the residual is updated in place.
+            out = cpu_ops.rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, residual)
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        residual = x + residual
+        return rms_norm(residual, self.weight, self.eps), residual
 
 
 class MergedLinear(nn.Linear):

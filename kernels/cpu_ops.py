@@ -1,0 +1,102 @@
+"""Fused per-token CPU ops in C (cpu_ops.c, built by ``cpu_build``): RMSNorm with the residual
+add, SiLU-and-multiply, neox rotary embedding, and temperature sampling.
+
+Each replaces a chain of small torch ops, whose dispatch and temporaries dominate a decode
+step on a CPU once the matmuls are done. ``supports(tensor)`` says whether a tensor can take
+the fast path (on the CPU, float32 or bfloat16, the library built); callers keep the torch
+composition for everything else. ``FW_CPU_OPS=0`` turns the fast path off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from fw.kernels.cpu_build import build
+
+SOURCE = Path(__file__).with_name("cpu_ops.c")
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_i64, _ptr, _int, _float = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "rms_norm": [_ptr, _i64, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float, _int, _int],
+    "silu_and_mul": [_ptr, _i64, _ptr, _i64, _i64, _i64, _int, _int],
+    "rotary_neox": [_ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _int, _int],
+    "sample_rows": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _int],
+}
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    if os.environ.get("FW_CPU_OPS", "1") == "0":
+        return None
+    # Fast math for vectorised exp and reductions, but infinities stay meaningful: masked
+    # logits are -inf.
+    library = build(SOURCE, ("-ffast-math", "-fno-finite-math-only"))
+    if library is None:
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = ctypes.c_int, argtypes
+    return library
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors (sharing a dtype) can go through the C ops."""
+    first = tensors[0]
+    return (first.device.type == "cpu" and first.dtype in DTYPES and not torch.is_grad_enabled()
+            and all(t.dtype == first.dtype and t.stride(-1) == 1 for t in tensors) and load() is not None)
+
+
+def _check(status: int, name: str) -> None:
+    if status != 0:
+        raise ValueError(f"the C op {name} refused its arguments (a row longer than 16384 values?)")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of ``x: [T, D]``; with ``residual``, of ``x + residual``, which is also written
+    into ``residual`` (in place)."""
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    weight = weight.contiguous()
+    status = load().rms_norm(
+        x.data_ptr(), x.stride(0), residual.data_ptr() if residual is not None else None,
+        residual.stride(0) if residual is not None else 0, weight.data_ptr(), out.data_ptr(), out.stride(0),
+        x.shape[0], x.shape[1], eps, DTYPES[x.dtype], torch.get_num_threads())
+    _check(status, "rms_norm")
+    return out
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``gate_up: [T, 2I]`` -> ``silu(gate_up[:, :I]) * gate_up[:, I:]``."""
+    num_rows, dim = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(num_rows, dim, dtype=gate_up.dtype)
+    status = load().silu_and_mul(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), num_rows, dim,
+                                 DTYPES[gate_up.dtype], torch.get_num_threads())
+    _check(status, "silu_and_mul")
+    return out
+
+
+def rotary_neox_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate ``q: [T, Hq, D]`` and ``k: [T, Hk, D]`` in place; ``cos, sin: [T, D/2]`` share a row stride."""
+    if cos.stride(0) != sin.stride(0):
+        raise ValueError("cos and sin must share their row stride")
+    status = load().rotary_neox(
+        q.data_ptr(), q.stride(0), q.stride(1), q.shape[1], k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
+        cos.data_ptr(), sin.data_ptr(), cos.stride(0), q.shape[0], q.shape[2], DTYPES[q.dtype],
+        torch.get_num_threads())
+    _check(status, "rotary_neox")
+
+
+def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of float32 ``logits: [N, V]``: argmax where ``temperature <= 0``, else
+    the inverse-CDF draw at ``uniform`` (in [0, 1)) from ``softmax(logits / temperature)``."""
+    temperature = temperature.to(torch.float32).contiguous()
+    uniform = uniform.to(torch.float32).contiguous()
+    out = torch.empty(logits.shape[0], dtype=torch.long)
+    status = load().sample_rows(logits.data_ptr(), logits.stride(0), temperature.data_ptr(), uniform.data_ptr(),
+                                out.data_ptr(), logits.shape[0], logits.shape[1], torch.get_num_threads())
+    _check(status, "sample_rows")
+    return out
