@@ -7,7 +7,7 @@ read it. Everything is flat over the batch: sequences are concatenated, no paddi
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -41,6 +41,8 @@ class AttentionMetadata:
     # CPU copies for backends that loop or branch in Python (not read by GPU kernels).
     query_start_loc_cpu: list[int] | None = None
     seq_lens_cpu: list[int] | None = None
+    # What a backend derives from the metadata once per step and reuses in every layer.
+    backend_cache: dict = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:

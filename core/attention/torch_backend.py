@@ -47,9 +47,14 @@ class TorchAttentionBackend(AttentionBackend):
         starts = metadata.query_start_loc_cpu or metadata.query_start_loc.tolist()
         seq_lens = metadata.seq_lens_cpu or metadata.seq_lens.tolist()
         out = torch.empty_like(query)
-        decodes = [s for s in range(len(seq_lens)) if starts[s + 1] - starts[s] == 1]
+        decodes = metadata.backend_cache.get("decodes")
+        if decodes is None:  # the same for every layer of the step
+            decodes = metadata.backend_cache["decodes"] = [
+                s for s in range(len(seq_lens)) if starts[s + 1] - starts[s] == 1]
         if decodes:
             self._decode(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out)
+        if len(decodes) == len(seq_lens):
+            return out
         for s in range(len(seq_lens)):
             start, end = starts[s], starts[s + 1]
             query_len, seq_len = end - start, seq_lens[s]
@@ -76,10 +81,15 @@ class TorchAttentionBackend(AttentionBackend):
     def _decode(self, query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out) -> None:
         if self.decode_kernel and query.device.type == "cpu" and query.dtype in cpu_attention.DTYPES \
                 and kv_cache.dtype == query.dtype:
-            rows = torch.tensor(decodes)
-            token_rows = torch.tensor([starts[s] for s in decodes])
-            cpu_attention.paged_decode_attention(query, kv_cache, metadata.block_tables[rows], metadata.seq_lens[rows],
-                                                 token_rows, out, scale, sliding_window)
+            cached = metadata.backend_cache.get("decode_kernel_args")
+            if cached is None:
+                rows = torch.tensor(decodes)
+                cached = metadata.backend_cache["decode_kernel_args"] = (
+                    metadata.block_tables[rows].contiguous(), metadata.seq_lens[rows].contiguous(),
+                    torch.tensor([starts[s] for s in decodes]))
+            block_tables, lens, token_rows = cached
+            cpu_attention.paged_decode_attention(query, kv_cache, block_tables, lens, token_rows, out, scale,
+                                                 sliding_window)
             return
         self._decode_sdpa(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out)
 
