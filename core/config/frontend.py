@@ -27,7 +27,7 @@ class FrontendConfig(ConfigBase):
     allowed_headers: tuple[str, ...] = option(("*",), help="CORS: HTTP headers allowed.")
     allow_credentials: bool = option(False, help="CORS: allow credentials (cookies, authorization headers).")
     api_key: str | None = option(
-        None, help="Require this key in each request's 'Authorization: Bearer <key>' header."
+        None, help="Require this key in each request's 'Authorization: Bearer <key>' header. Defaults to $FW_API_KEY."
     )
     chat_template: str | None = option(
         None, help="Chat template: a Jinja file, or the template itself on one line. Defaults to the tokenizer's."

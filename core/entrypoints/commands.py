@@ -1,14 +1,19 @@
-"""The subcommands' parsers, and the commands later versions implement (chat, complete,
-bench serve, run-batch), which parse and check their options and then say they are not available.
-``fw bench throughput`` and ``fw bench latency`` run :mod:`fw.core.entrypoints.bench`.
+"""The subcommands' parsers and their handlers.
+
+Handlers import what they run (torch, openai, matplotlib) only when they run, so that
+``fw --help`` stays fast: ``fw chat`` / ``fw complete`` run :mod:`fw.core.entrypoints.client`,
+``fw run-batch`` :mod:`fw.core.entrypoints.run_batch`, ``fw bench serve``
+:mod:`fw.core.entrypoints.bench_serve`, ``fw bench throughput`` / ``latency``
+:mod:`fw.core.entrypoints.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
-from fw.core.config import ENGINE_CONFIG_CLASSES, ConfigBase, ConfigError, EngineConfig
+from fw.core.config import ENGINE_CONFIG_CLASSES, ConfigBase, ConfigError
 from fw.core.config.args import FwArgumentParser, add_config_arguments, values_from_namespace
 from fw.core.entrypoints.help import EngineHelpAction
 from fw.core.errors import FwError
@@ -71,19 +76,34 @@ def config_values(args: argparse.Namespace, classes: Sequence[type[ConfigBase]])
     return values
 
 
-def _check_engine_options(what: str) -> Handler:
+def _lazy_handler(module: str, name: str) -> Handler:
+    """A handler that imports ``fw.core.entrypoints.<module>`` only when its command runs."""
+
     def handler(args: argparse.Namespace, plugins: Plugins) -> int:
-        EngineConfig.from_values(config_values(args, ENGINE_CONFIG_CLASSES))
-        not_available(what)
+        return getattr(importlib.import_module(f"fw.core.entrypoints.{module}"), name)(args, plugins)
 
     return handler
 
 
-def _client_only(what: str) -> Handler:
-    def handler(args: argparse.Namespace, plugins: Plugins) -> int:
-        not_available(what)
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
-    return handler
+
+def _percentiles(text: str) -> list[float]:
+    """``"50,90,99"`` -> ``[50.0, 90.0, 99.0]``; each must lie in (0, 100]."""
+    try:
+        values = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of percentiles") from None
+    if not values or any(not 0 < value <= 100 for value in values):
+        raise argparse.ArgumentTypeError(f"percentiles must be in (0, 100], got '{text}'")
+    return values
 
 
 def _positive_int(text: str) -> int:
@@ -109,6 +129,12 @@ def _add_client_options(parser: argparse.ArgumentParser, *, system_prompt: bool)
         "-q", "--quick", metavar="MESSAGE", default=None,
         help="Send this one message, print the answer and exit.",
     )
+    # Not in vLLM's chat/complete: without them a model with no generation config samples at
+    # temperature 1 up to its whole context, and the answers cannot be reproduced.
+    parser.add_argument("--temperature", type=_non_negative_float, default=None,
+                        help="Sampling temperature; 0 is greedy. Defaults to the server's.")
+    parser.add_argument("--max-tokens", type=_positive_int, default=None,
+                        help="The most tokens in each answer. Defaults to the server's.")
 
 
 def add_client_commands(subparsers: Any) -> None:
@@ -117,14 +143,14 @@ def add_client_commands(subparsers: Any) -> None:
         "chat", help="Chat with a running fw server.", description="Chat with a model served by `fw serve`."
     )
     _add_client_options(chat, system_prompt=True)
-    chat.set_defaults(handler=_client_only("`fw chat`"))
+    chat.set_defaults(handler=_lazy_handler("client", "run_chat"))
     complete = subparsers.add_parser(
         "complete",
         help="Complete prompts with a running fw server.",
         description="Send prompts to the completions API of a model served by `fw serve`.",
     )
     _add_client_options(complete, system_prompt=False)
-    complete.set_defaults(handler=_client_only("`fw complete`"))
+    complete.set_defaults(handler=_lazy_handler("client", "run_complete"))
 
 
 def add_run_batch_command(subparsers: Any, plugins: Plugins) -> None:
@@ -135,27 +161,12 @@ def add_run_batch_command(subparsers: Any, plugins: Plugins) -> None:
     )
     files = parser.add_option_group("BatchFiles", "Where the batch requests come from and where the responses go.")
     # Not argparse-required, so that a --config file may give them too.
-    files.add_argument("-i", "--input-file", help="The batch requests, one JSON object per line (a path). Required.")
-    files.add_argument("-o", "--output-file", help="Where to write the responses, one JSON object per line. Required.")
-    check_engine = _check_engine_options("`fw run-batch`")
-
-    def handler(args: argparse.Namespace, plugins: Plugins) -> int:
-        if args.input_file is None or args.output_file is None:
-            raise ConfigError("fw run-batch needs -i/--input-file and -o/--output-file")
-        return check_engine(args, plugins)
-
-    parser.set_defaults(handler=handler)
-
-
-def _bench_handler(name: str) -> Handler:
-    """A handler that imports the benchmarks (torch, transformers) only when one runs."""
-
-    def handler(args: argparse.Namespace, plugins: Plugins) -> int:
-        from fw.core.entrypoints import bench
-
-        return getattr(bench, name)(args, plugins)
-
-    return handler
+    files.add_argument("-i", "--input-file",
+                       help="The batch requests, one JSON object per line (a path, or - for stdin). Required.")
+    files.add_argument("-o", "--output-file",
+                       help="Where to write the responses, one JSON object per line (a path, or - for stdout). "
+                       "Required.")
+    parser.set_defaults(handler=_lazy_handler("run_batch", "run_batch"))
 
 
 def _add_sampling_options(group: argparse._ArgumentGroup) -> None:
@@ -182,7 +193,7 @@ def add_bench_command(subparsers: Any, plugins: Plugins) -> None:
     group.add_argument("--num-iters", type=_positive_int, default=5, help="Timed runs (default: %(default)s).")
     _add_sampling_options(group)
     group.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
-    latency.set_defaults(handler=_bench_handler("run_latency"))
+    latency.set_defaults(handler=_lazy_handler("bench", "run_latency"))
 
     throughput = add_engine_parser(
         kinds, "throughput", plugins=plugins,
@@ -212,24 +223,59 @@ def add_bench_command(subparsers: Any, plugins: Plugins) -> None:
                        help="The most requests in one transformers generate() batch (default: %(default)s).")
     _add_sampling_options(group)
     group.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
-    throughput.set_defaults(handler=_bench_handler("run_throughput"))
+    throughput.set_defaults(handler=_lazy_handler("bench", "run_throughput"))
 
+    add_bench_serve_command(kinds)
+
+
+def add_bench_serve_command(kinds: Any) -> None:
+    """``fw bench serve``: vLLM's flags for the same benchmark, against any OpenAI-compatible server."""
     serve = kinds.add_parser(
         "serve", help="Load-test a running server.",
-        description="Send requests to a running OpenAI-compatible server and measure latency and throughput.",
+        description="Send requests to a running OpenAI-compatible server and measure latency and throughput. "
+        "Prompts are random token ids; every request generates exactly its output length (ignore_eos).",
     )
-    serve.add_argument("--base-url", default="http://localhost:8000", help="The server's URL (default: %(default)s).")
-    serve.add_argument("--endpoint", default="/v1/completions", help="API path to send requests to (default: %(default)s).")
-    serve.add_argument("--model", default=None, help="The model to ask for. Defaults to the first model the server lists.")
-    serve.add_argument("--dataset-name", "--dataset", dest="dataset_name", choices=["random"], default="random",
-                       help="Where prompts come from (default: %(default)s).")
-    serve.add_argument("--num-prompts", type=_positive_int, default=1000, help="Number of requests (default: %(default)s).")
-    serve.add_argument("--random-input-len", type=_positive_int, default=1024, help="Prompt tokens per random request (default: %(default)s).")
-    serve.add_argument("--random-output-len", type=_positive_int, default=128, help="Generated tokens per random request (default: %(default)s).")
-    serve.add_argument("--request-rate", type=float, default=float("inf"),
-                       help="Requests per second, sent as a Poisson process; inf sends them all at once (default: %(default)s).")
-    serve.add_argument("--max-concurrency", type=_positive_int, default=None, help="The most requests in flight at once.")
-    serve.add_argument("--seed", type=int, default=0, help="Seed of the random prompts (default: %(default)s).")
-    serve.add_argument("--save-result", action="store_true", help="Save the results to a JSON file.")
-    serve.add_argument("--plot", action="store_true", help="Plot latencies over time into an image next to the results.")
-    serve.set_defaults(handler=_client_only("`fw bench serve`"))
+    target = serve.add_argument_group("Server")
+    target.add_argument("--base-url", default="http://localhost:8000", help="The server's URL (default: %(default)s).")
+    target.add_argument("--endpoint", choices=["/v1/completions", "/v1/chat/completions"], default="/v1/completions",
+                        help="API path to send requests to (default: %(default)s).")
+    target.add_argument("--model", default=None, help="The model to ask for. Defaults to the first model the server lists.")
+    target.add_argument("--api-key", default=None, help="API key sent to the server. Defaults to $OPENAI_API_KEY.")
+    data = serve.add_argument_group("Requests")
+    data.add_argument("--dataset-name", "--dataset", dest="dataset_name", choices=["random"], default="random",
+                      help="Where prompts come from (default: %(default)s).")
+    data.add_argument("--num-prompts", type=_positive_int, default=1000, help="Number of requests (default: %(default)s).")
+    data.add_argument("--random-input-len", type=_positive_int, default=1024,
+                      help="Prompt tokens per random request (default: %(default)s).")
+    data.add_argument("--random-output-len", type=_positive_int, default=128,
+                      help="Generated tokens per random request (default: %(default)s).")
+    data.add_argument("--random-range-ratio", type=float, default=0.0,
+                      help="Draw lengths uniformly from [len * (1 - ratio), len * (1 + ratio)]; in [0, 1) "
+                      "(default: %(default)s).")
+    data.add_argument("--random-vocab-size", type=_positive_int, default=None,
+                      help="Draw prompt token ids below this. Defaults to one more than the largest id the "
+                      "server's /tokenize gives for a varied sample text.")
+    data.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                      help="Generate exactly the output length even past the end-of-sequence token (default: on).")
+    data.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                      help="Sampling temperature of every request (default: %(default)s, greedy).")
+    data.add_argument("--seed", type=int, default=0, help="Seed of the random prompts and arrivals (default: %(default)s).")
+    load = serve.add_argument_group("Load")
+    load.add_argument("--request-rate", type=float, default=float("inf"),
+                      help="Requests per second, sent as a Poisson process; inf sends them all at once "
+                      "(default: %(default)s).")
+    load.add_argument("--burstiness", type=float, default=1.0,
+                      help="Arrival burstiness: 1 is Poisson, below 1 burstier, above 1 more regular "
+                      "(default: %(default)s).")
+    load.add_argument("--max-concurrency", type=_positive_int, default=None, help="The most requests in flight at once.")
+    report = serve.add_argument_group("Results")
+    report.add_argument("--metric-percentiles", type=_percentiles, default=[99.0], metavar="P[,P...]",
+                        help="Percentiles of each latency to report, comma-separated (default: 99).")
+    report.add_argument("--save-result", action="store_true", help="Save the results to a JSON file.")
+    report.add_argument("--result-dir", default=None, help="Directory of the JSON file (default: the current one).")
+    report.add_argument("--result-filename", default=None,
+                        help="Name of the JSON file (default: <backend>-<rate>qps[-concurrency<n>]-<model>-<date>.json).")
+    report.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="Draw histograms of TTFT, TPOT, ITL and end-to-end latency into this image "
+                        "(needs matplotlib: pip install 'fw[bench]').")
+    serve.set_defaults(handler=_lazy_handler("bench_serve", "run_bench_serve"))

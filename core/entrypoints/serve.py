@@ -1,22 +1,35 @@
-"""``fw serve``: starts the engine for real, then says the HTTP server is not available yet.
+"""``fw serve``: the OpenAI-compatible server.
 
-Everything serving needs is built now: the model's files are resolved, the weights loaded
-into the model, the KV cache sized and allocated. A bad file or option fails here with
-its one-line error.
+The port is bound first, so that a busy port fails in a second rather than after the model
+loaded. Then the engine is built (files resolved, weights loaded, KV cache sized and
+allocated; a bad file or option fails here with its one-line error), and the HTTP server
+runs until SIGINT or SIGTERM, which stop it gracefully and exit 0.
+
+FastAPI, uvicorn and prometheus_client are imported only once serving starts, so the engine
+stays importable where they are not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fw.core.config import SERVER_CONFIG_CLASSES, ConfigError, EngineConfig, FrontendConfig, option_names
-from fw.core.entrypoints.commands import config_values, not_available
+from fw.core.entrypoints.commands import config_values
+from fw.core.errors import FwError
 
 if TYPE_CHECKING:
     from fw.core.engine.llm_engine import LLMEngine
     from fw.core.plugins import Plugins
+
+#: Where ``--api-key`` comes from when the option is not given.
+API_KEY_ENV = "FW_API_KEY"
 
 
 def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
@@ -59,8 +72,6 @@ def check_frontend_files(frontend: FrontendConfig) -> None:
 
 
 def run_serve(args: argparse.Namespace, plugins: Plugins) -> int:
-    from fw.core.engine.llm_engine import LLMEngine
-
     plugins.check()
     values = config_values(args, SERVER_CONFIG_CLASSES)
     frontend_names = option_names([FrontendConfig])
@@ -70,8 +81,74 @@ def run_serve(args: argparse.Namespace, plugins: Plugins) -> int:
     if generation_config not in ("auto", "vllm") and not Path(generation_config).is_dir():
         raise ConfigError(f"generation_config must be 'auto', 'vllm' or a directory; {generation_config} is none of these")
     check_frontend_files(frontend)
-    engine = LLMEngine(config, plugins)
-    served_names = config.model.served_model_name or (engine.served_name,)
-    print(f"fw serve: the engine is ready; this is what the server would serve:\n"
-          f"{describe_engine(engine, served_names)}", end="")
-    not_available("the OpenAI-compatible server")
+    if frontend.api_key is None and os.environ.get(API_KEY_ENV):
+        frontend = dataclasses.replace(frontend, api_key=os.environ[API_KEY_ENV])
+    sock = listen(frontend.host or "0.0.0.0", frontend.port)
+    try:
+        from fw.core.engine.llm_engine import LLMEngine  # torch: after the quick checks
+
+        engine = LLMEngine(config, plugins)
+        served_names = config.model.served_model_name or (engine.served_name,)
+        print(f"fw serve: the engine is ready:\n{describe_engine(engine, served_names)}", end="", flush=True)
+        return serve_engine(engine, config, frontend, tuple(served_names), plugins, sock)
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now; a busy port or a bad address is a one-line error."""
+    try:
+        from fw.core.entrypoints.openai.api_server import bind_socket
+    except ImportError as e:  # the engine runs without them; the server does not
+        raise FwError(f"fw serve needs the Python package {e.name!r}; install it with "
+                      "`pip install fastapi uvicorn prometheus-client`") from None
+    try:
+        return bind_socket(host, port)
+    except OSError as e:
+        raise FwError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve_engine(engine: LLMEngine, config: EngineConfig, frontend: FrontendConfig,
+                 served_names: tuple[str, ...], plugins: Plugins, sock: socket.socket) -> int:
+    """Serve ``engine`` over HTTP on ``sock`` until SIGINT/SIGTERM; returns the exit code (0)."""
+    from prometheus_client import CollectorRegistry
+
+    from fw.core.engine.async_engine import AsyncEngine
+    from fw.core.entrypoints.openai.api_server import build_app, run_server
+    from fw.core.entrypoints.openai.serving import OpenAIServing
+    from fw.core.metrics import LoggingStatLogger, PrometheusStatLogger
+
+    configure_logging()
+    registry = CollectorRegistry()
+    log_stats = None if config.observability.disable_log_stats else LoggingStatLogger()
+    stat_loggers = [PrometheusStatLogger(served_names[0], registry), *([log_stats] if log_stats else [])]
+    async_engine = AsyncEngine(engine, stat_loggers)
+    try:
+        serving = OpenAIServing(async_engine, served_names, frontend, plugins)
+        app = build_app(async_engine, serving, frontend, served_names, registry, log_stats)
+        print(f"fw serve: {server_address(sock, frontend)}", flush=True)
+        run_server(app, frontend, sock)
+    finally:
+        async_engine.shutdown()
+    return 0
+
+
+def server_address(sock: socket.socket, frontend: FrontendConfig) -> str:
+    """Where clients should point, e.g. ``OpenAI API at http://localhost:8000/v1``."""
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if frontend.ssl_certfile else "http"
+    shown = "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    url = f"{scheme}://{shown}:{port}"  # --root-path is the proxy's prefix; the server itself answers at /
+    where = " (listening on every interface)" if shown == "localhost" else ""
+    return f"OpenAI API at {url}/v1{where}; stop with Ctrl-C"
+
+
+def configure_logging() -> None:
+    """fw's log lines (stats, request errors) on stderr, next to uvicorn's."""
+    fw_logger = logging.getLogger("fw")
+    if not fw_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S"))
+        fw_logger.addHandler(handler)
+    if fw_logger.level == logging.NOTSET:
+        fw_logger.setLevel(logging.INFO)

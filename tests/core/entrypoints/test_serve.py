@@ -1,4 +1,8 @@
-"""``fw serve`` checks a real checkpoint end to end, then says the server is not available yet."""
+"""``fw serve`` checks a real checkpoint end to end and reports it before serving.
+
+Here the HTTP server is replaced by a stub that records what it was given (the real server
+is tested in tests/core/entrypoints/openai/), and the socket is bound on a free loopback port.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from fw.core.entrypoints import serve
 from fw.plugins.platforms.cpu import CpuPlatform
 
-NOT_AVAILABLE = "fw: error: the OpenAI-compatible server is not available in this fw version yet\n"
+
+@pytest.fixture(autouse=True)
+def served(monkeypatch) -> list[tuple]:
+    """What ``serve_engine`` was called with, instead of running a server."""
+    calls: list[tuple] = []
+    real_listen = serve.listen
+    monkeypatch.setattr(serve, "listen", lambda host, port: real_listen("127.0.0.1", 0))
+    monkeypatch.setattr(serve, "serve_engine", lambda *args: calls.append(args) or 0)
+    return calls
 
 
 def report(out: str) -> dict[str, str]:
@@ -19,10 +32,10 @@ def report(out: str) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in rows}
 
 
-def test_serve_reads_the_whole_checkpoint_and_reports_it(run_fw, tiny_llama) -> None:
+def test_serve_reads_the_whole_checkpoint_and_reports_it(run_fw, tiny_llama, served) -> None:
     result = run_fw("serve", str(tiny_llama.path))
-    assert result.code == 2
-    assert result.err.endswith(NOT_AVAILABLE)
+    assert result.code == 0, result.err
+    assert len(served) == 1
     found = report(result.out)
     assert found["served model name"] == str(tiny_llama.path)
     assert found["model path"] == str(tiny_llama.path)
@@ -39,14 +52,16 @@ def test_serve_reads_the_whole_checkpoint_and_reports_it(run_fw, tiny_llama) -> 
     assert "tokens" in found["tokenizer"]
 
 
-def test_serve_options_shape_the_report(run_fw, tiny_llama) -> None:
+def test_serve_options_shape_the_report(run_fw, tiny_llama, served) -> None:
     result = run_fw(
         "serve", "--model", str(tiny_llama.path), "--served-model-name", "tiny", "tiny-alias",
         "--max-model-len", "64", "--dtype", "float", "--device", "cpu", "--load-format", "safetensors",
     )
-    assert result.code == 2, result.err
+    assert result.code == 0, result.err
     found = report(result.out)
     assert found["served model name"] == "tiny, tiny-alias"
+    engine, config, frontend, served_names, plugins, sock = served[0]
+    assert served_names == ("tiny", "tiny-alias")
     assert found["dtype"] == "float32 (given by --dtype)"
     assert found["max model len"] == "64"
 

@@ -1,0 +1,238 @@
+"""Request models of the OpenAI API, with vLLM's extra sampling fields.
+
+Unknown fields are kept (``model_extra``) so the handler can name them in a warning and
+go on, as vLLM does. Ranges are checked by ``SamplingParams``, whose messages name the
+field; here only the types are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from fw.core.engine.sampling_params import SamplingParams
+
+#: A completions prompt after validation: one text, or token ids.
+Prompt = str | list[int]
+
+#: OpenAI's floor for a log-probability, so -inf never reaches JSON.
+MIN_LOGPROB = -9999.0
+
+
+def usage(num_prompt_tokens: int, num_completion_tokens: int) -> dict[str, int]:
+    """The ``usage`` object of a response."""
+    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": num_completion_tokens,
+            "total_tokens": num_prompt_tokens + num_completion_tokens}
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    def ignored_fields(self) -> list[str]:
+        """The request's fields this server does not know (and so ignores)."""
+        return sorted(self.model_extra or {})
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
+
+
+class SamplingRequest(OpenAIBaseModel):
+    """Fields completions and chat share: the model, sampling, stopping and streaming."""
+
+    model: str | None = None
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    prompt_logprobs: int | None = None
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    priority: int = 0
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            try:
+                int(key)
+            except ValueError:
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage_stats(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def output_logprobs(self) -> int | None:
+        """How many top log-probabilities each generated token asks for (``None``: none)."""
+        raise NotImplementedError
+
+    def to_sampling_params(self, defaults: SamplingParams, max_tokens: int | None) -> SamplingParams:
+        """fw's SamplingParams for this request.
+
+        Fields the request leaves out take the model's defaults (``defaults``: its
+        generation_config, as vLLM does); ``max_tokens`` is decided by the caller, who
+        knows the prompt's length. Out-of-range values raise ``ValueError``.
+        """
+
+        def pick(name: str) -> Any:
+            value = getattr(self, name)
+            return getattr(defaults, name) if value is None else value
+
+        return SamplingParams(
+            n=self.n,
+            temperature=pick("temperature"),
+            top_p=pick("top_p"),
+            top_k=pick("top_k"),
+            min_p=pick("min_p"),
+            presence_penalty=pick("presence_penalty"),
+            frequency_penalty=pick("frequency_penalty"),
+            repetition_penalty=pick("repetition_penalty"),
+            seed=self.seed,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids,
+            ignore_eos=self.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            logprobs=self.output_logprobs(),
+            prompt_logprobs=self.prompt_logprobs,
+            logit_bias=self.logit_bias,
+            allowed_token_ids=self.allowed_token_ids,
+            skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+        )
+
+
+def _check_prompt(value: Any) -> list[Prompt]:
+    """A completions prompt in any of OpenAI's four forms, as a list of prompts."""
+    form = "a string, a list of strings, a list of token ids or a list of token-id lists"
+
+    def is_ids(item: Any) -> bool:
+        return isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+
+    if isinstance(value, str):
+        prompts: list[Any] = [value]
+    elif is_ids(value) and value:
+        prompts = [value]
+    elif isinstance(value, list) and all(isinstance(p, str) or (is_ids(p)) for p in value):
+        prompts = value
+    else:
+        raise ValueError(f"the prompt must be {form}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("the prompt must not be empty")
+    return prompts
+
+
+class CompletionRequest(SamplingRequest):
+    """``POST /v1/completions``."""
+
+    prompt: list[Prompt]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+    add_special_tokens: bool = True
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompts(cls, value: Any) -> list[Prompt]:
+        return _check_prompt(value)
+
+    def output_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class ChatMessage(OpenAIBaseModel):
+    """One message; extra keys (``name``, ``tool_calls``...) reach the chat template as they are."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatTemplateFields(OpenAIBaseModel):
+    """How a conversation is rendered into a prompt (chat and tokenize requests)."""
+
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if not value:
+            raise ValueError("messages must contain at least one message")
+        return value
+
+    def generation_prompt(self) -> bool:
+        """add_generation_prompt, off when continuing the final message unless asked for explicitly."""
+        if self.continue_final_message:
+            if self.add_generation_prompt and "add_generation_prompt" in self.model_fields_set:
+                raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+            return False
+        return self.add_generation_prompt
+
+
+class ChatCompletionRequest(ChatTemplateFields, SamplingRequest):
+    """``POST /v1/chat/completions``."""
+
+    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def output_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeCompletionRequest(OpenAIBaseModel):
+    """``POST /tokenize`` with a prompt."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(ChatTemplateFields):
+    """``POST /tokenize`` with messages: the prompt the chat template renders."""
+
+    model: str | None = None
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    """``POST /detokenize``."""
+
+    model: str | None = None
+    tokens: list[int]
