@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_ROW 16384
@@ -132,49 +133,81 @@ int rotary_neox(void *q, int64_t q_tok, int64_t q_head, int64_t num_q_heads, voi
     return 0;
 }
 
+/* -inf, tested on the bits: -ffast-math lets the compiler assume no infinities in comparisons. */
+static inline int is_minus_inf(float x) {
+    union { float f; uint32_t u; } v;
+    v.f = x;
+    return v.u == 0xFF800000u;
+}
+
+#define SAMPLE_BLOCK 256
+
 /*
- * One token per row of float32 logits [N, V] (row stride l_stride): the argmax where
- * temperature[n] <= 0, else a sample from softmax(logits / temperature) found by walking
- * the row's cumulative probabilities to uniform[n] (in [0, 1)) of their total: the
- * inverse-CDF draw of the torch path, without materialising probabilities or a cumsum.
+ * One token per row of logits [N, V] (row stride l_stride, float32 or bfloat16): the argmax
+ * (the first maximum, as torch's) where temperature[n] <= 0, else a sample from
+ * softmax(logits / temperature) found by walking the row's cumulative probabilities to
+ * uniform[n] (in [0, 1)) of their total: the inverse-CDF draw of the torch path, without a
+ * probabilities tensor or a cumsum. Masked tokens (-inf) have probability 0 and never come out.
  */
-int sample_rows(const float *logits, int64_t l_stride, const float *temperature, const float *uniform,
+int sample_rows(const void *logits, int64_t l_stride, int dtype, const float *temperature, const float *uniform,
                 int64_t *out, int64_t num_rows, int64_t vocab, int num_threads) {
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-    for (int64_t n = 0; n < num_rows; n++) {
-        const float *row = logits + n * l_stride;
-        float best = row[0];
-        int64_t best_i = 0;
-        for (int64_t i = 1; i < vocab; i++) {
-            if (row[i] > best) {
-                best = row[i];
-                best_i = i;
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads) reduction(| : failed)
+    {
+        float *row = (float *)malloc(sizeof(float) * vocab);
+        if (row == NULL) failed = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t n = 0; n < num_rows; n++) {
+            if (row == NULL) continue;
+            load_row(logits, n * l_stride, dtype, vocab, row);
+            float best = row[0];
+            for (int64_t i = 1; i < vocab; i++) best = row[i] > best ? row[i] : best;
+            int64_t best_i = 0;
+            while (best_i < vocab - 1 && row[best_i] != best) best_i++;
+            if (!(temperature[n] > 0.0f) || is_minus_inf(best)) {
+                out[n] = best_i;
+                continue;
             }
-        }
-        if (!(temperature[n] > 0.0f) || best == -INFINITY) {
-            out[n] = best_i;
-            continue;
-        }
-        const float inv_t = 1.0f / temperature[n];
-        float total = 0.0f;
-        for (int64_t i = 0; i < vocab; i++) total += expf((row[i] - best) * inv_t);
-        const float target = uniform[n] * total;
-        float acc = 0.0f;
-        int64_t chosen = -1, last = best_i;
-        for (int64_t i = 0; i < vocab; i++) {
-            const float p = expf((row[i] - best) * inv_t);
-            if (p > 0.0f) {
-                acc += p;
-                last = i;
-                if (acc > target) {
-                    chosen = i;
-                    break;
+            const float inv_t = 1.0f / temperature[n];
+            float total = 0.0f;
+            for (int64_t i = 0; i < vocab; i++) {
+                const float p = is_minus_inf(row[i]) ? 0.0f : expf((row[i] - best) * inv_t);
+                row[i] = p;
+                total += p;
+            }
+            const float target = uniform[n] * total;
+            /* Whole blocks first (vectorised sums), then token by token inside the block. */
+            float acc = 0.0f;
+            int64_t chosen = -1, last = best_i;
+            for (int64_t b = 0; b < vocab && chosen < 0; b += SAMPLE_BLOCK) {
+                const int64_t end = b + SAMPLE_BLOCK < vocab ? b + SAMPLE_BLOCK : vocab;
+                float block = 0.0f;
+                for (int64_t i = b; i < end; i++) block += row[i];
+                if (acc + block <= target) {
+                    acc += block;
+                    for (int64_t i = end - 1; i >= b && block > 0.0f; i--) {
+                        if (row[i] > 0.0f) {
+                            last = i;
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                for (int64_t i = b; i < end; i++) {
+                    if (row[i] > 0.0f) {
+                        acc += row[i];
+                        last = i;
+                        if (acc > target) {
+                            chosen = i;
+                            break;
+                        }
+                    }
                 }
             }
+            /* float rounding can leave the target just above the walked sum: the last possible token */
+            out[n] = chosen < 0 ? last : chosen;
         }
-        /* float rounding can leave the target just above the walked sum: the last possible token */
-        if (chosen < 0) chosen = last;
-        out[n] = chosen;
+        free(row);
     }
-    return 0;
+    return failed;
 }

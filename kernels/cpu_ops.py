@@ -25,7 +25,7 @@ _SIGNATURES = {
     "rms_norm": [_ptr, _i64, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float, _int, _int],
     "silu_and_mul": [_ptr, _i64, _ptr, _i64, _i64, _i64, _int, _int],
     "rotary_neox": [_ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _int, _int],
-    "sample_rows": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _int],
+    "sample_rows": [_ptr, _i64, _int, _ptr, _ptr, _ptr, _i64, _i64, _int],
 }
 
 
@@ -33,9 +33,8 @@ _SIGNATURES = {
 def load() -> ctypes.CDLL | None:
     if os.environ.get("FW_CPU_OPS", "1") == "0":
         return None
-    # Fast math for vectorised exp and reductions, but infinities stay meaningful: masked
-    # logits are -inf.
-    library = build(SOURCE, ("-ffast-math", "-fno-finite-math-only"))
+    # Fast math for vectorised exp and reductions; the code tests -inf (masked logits) on bits.
+    library = build(SOURCE, ("-ffast-math",))
     if library is None:
         return None
     for name, argtypes in _SIGNATURES.items():
@@ -53,7 +52,7 @@ def supports(*tensors: torch.Tensor) -> bool:
 
 def _check(status: int, name: str) -> None:
     if status != 0:
-        raise ValueError(f"the C op {name} refused its arguments (a row longer than 16384 values?)")
+        raise ValueError(f"the C op {name} refused its arguments (a row longer than 16384 values) or ran out of memory")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,12 +90,13 @@ def rotary_neox_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 
 
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """One token per row of float32 ``logits: [N, V]``: argmax where ``temperature <= 0``, else
-    the inverse-CDF draw at ``uniform`` (in [0, 1)) from ``softmax(logits / temperature)``."""
+    """One token per row of ``logits: [N, V]`` (float32 or bfloat16): argmax where ``temperature <= 0``,
+    else the inverse-CDF draw at ``uniform`` (in [0, 1)) from ``softmax(logits / temperature)``."""
     temperature = temperature.to(torch.float32).contiguous()
     uniform = uniform.to(torch.float32).contiguous()
     out = torch.empty(logits.shape[0], dtype=torch.long)
-    status = load().sample_rows(logits.data_ptr(), logits.stride(0), temperature.data_ptr(), uniform.data_ptr(),
-                                out.data_ptr(), logits.shape[0], logits.shape[1], torch.get_num_threads())
+    status = load().sample_rows(logits.data_ptr(), logits.stride(0), DTYPES[logits.dtype], temperature.data_ptr(),
+                                uniform.data_ptr(), out.data_ptr(), logits.shape[0], logits.shape[1],
+                                torch.get_num_threads())
     _check(status, "sample_rows")
     return out

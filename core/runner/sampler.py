@@ -127,7 +127,12 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, batch: SamplingBatch) -> torch
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-        """``logits: [N, vocab]`` (float32) -> one sampled token per row."""
+        """``logits: [N, vocab]`` -> one sampled token per row."""
+        plain = (batch.num_logprobs < 0 and batch.bias is None and batch.allowed is None and batch.banned is None
+                 and batch.presence is None and not batch.truncates)
+        if plain and cpu_ops.supports(logits):
+            # Nothing to edit: the C pass reads the model's logits as they are (even bfloat16).
+            return SamplerOutput(token_ids=self._sample_rows(logits, batch))
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=-1) if batch.num_logprobs >= 0 else None
         if batch.bias is not None:
@@ -146,15 +151,13 @@ class Sampler:
         if batch.presence is not None:
             logits = apply_penalties(logits, batch)
 
-        all_greedy = bool(batch.greedy.all())
         if not batch.truncates and cpu_ops.supports(logits):
             # One C pass per row: argmax for greedy rows, the same inverse-CDF draw as below
             # for the others, without materialising probabilities.
-            uniform = torch.zeros(logits.shape[0]) if all_greedy else self._uniforms(batch, logits.device)
-            token_ids = cpu_ops.sample_rows(logits, batch.temperature.masked_fill(batch.greedy, 0.0), uniform)
+            token_ids = self._sample_rows(logits, batch)
         else:
             token_ids = logits.argmax(dim=-1)
-            if not all_greedy:
+            if not bool(batch.greedy.all()):
                 scaled = logits / batch.temperature.unsqueeze(1)
                 if batch.truncates:
                     scaled = apply_top_k_top_p_min_p(scaled, batch)
@@ -175,6 +178,12 @@ class Sampler:
             if batch.num_logprobs > 0:
                 out.top_logprobs, out.top_ids = raw_logprobs.topk(batch.num_logprobs, dim=-1)
         return out
+
+    def _sample_rows(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """Argmax for greedy rows and the inverse-CDF draw for the others, in one C pass."""
+        all_greedy = bool(batch.greedy.all())
+        uniform = torch.zeros(logits.shape[0]) if all_greedy else self._uniforms(batch, logits.device)
+        return cpu_ops.sample_rows(logits, batch.temperature.masked_fill(batch.greedy, 0.0), uniform)
 
     @staticmethod
     def _uniforms(batch: SamplingBatch, device: torch.device) -> torch.Tensor:
