@@ -41,6 +41,7 @@ class LoadedModel:
     load_format: str
     quantization: str | None
     load_seconds: float
+    num_params: int = 0  # counted before the platform prepared the model (packing may free weights)
 
 
 def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
@@ -174,14 +175,15 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     # Loaders show their own progress bars; the model raises if a weight is missing or misshapen.
     model.load_weights(loader.iter_weights(resolved.path, hf_config))
     model.eval()
-    seconds = time.perf_counter() - start
     num_params = sum(p.numel() for p in model.parameters())
+    platform.prepare_model(model)
+    seconds = time.perf_counter() - start
     logger.info("Loaded %s (%s, %.1fM parameters, %s on %s) in %.1f s", resolved.served_name, model_cls.__name__,
                 num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, seconds)
     defaults, eos_ids = generation_defaults(config, resolved.path if resolved.path.is_dir() else resolved.path.parent,
                                             hf_config)
     return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype, max_model_len, defaults,
-                       eos_ids, loader.name, quantization, seconds)
+                       eos_ids, loader.name, quantization, seconds, num_params)
 
 
 def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:

@@ -38,7 +38,7 @@ def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
 
     loaded = engine.loaded
     model_cls = type(loaded.model)
-    num_params = sum(p.numel() for p in loaded.model.parameters())
+    num_params = loaded.num_params
     num_tensors = sum(1 for _ in loaded.model.parameters())
     stored = checkpoint_dtype(loaded.hf_config)
     chosen = "given by --dtype" if engine.config.model.dtype != "auto" else f"auto: the {loaded.platform.name} platform's choice"

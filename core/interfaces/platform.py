@@ -62,3 +62,9 @@ class Platform(ABC):
     def describe(self) -> dict[str, str]:
         """Facts for ``fw collect-env`` and start-up logs (device name, driver, ...)."""
         return {}
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Adapt a loaded model to this platform's fastest kernels (e.g. pre-packed weights).
+
+        Called once, after the weights are loaded; must not change what the model computes.
+        """

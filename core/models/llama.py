@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fw.core.errors import ModelLoadError
@@ -173,9 +172,10 @@ class LlamaForCausalLM(CausalLM):
         super().__init__(config)
         self.config = config
         self.model = DecoderModel(config, self.decoder_options(config))
-        tied = bool(getattr(config, "tie_word_embeddings", False))
-        # Tied: compute_logits multiplies by the embedding matrix itself.
-        self.lm_head = None if tied else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if self.tied:  # the LM head multiplies by the embedding matrix itself (one shared parameter)
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @classmethod
     def decoder_options(cls, config: PretrainedConfig) -> DecoderOptions:
@@ -188,8 +188,7 @@ class LlamaForCausalLM(CausalLM):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # hidden_states: [N, hidden] -> [N, vocab]
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden_states, weight)
+        return self.lm_head(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named tensors into the parameters (fused ones part by part).
@@ -223,7 +222,7 @@ class LlamaForCausalLM(CausalLM):
 
     def _param_for(self, hf_name: str) -> tuple[str, int | None]:
         """Our parameter for a checkpoint name, and the part of it when it is fused."""
-        if hf_name == "lm_head.weight" and self.lm_head is None:
+        if hf_name == "lm_head.weight" and self.tied:
             # Tied: the LM head is the embedding (some checkpoints store both copies).
             return "model.embed_tokens.weight", None
         parts = hf_name.split(".")

@@ -57,6 +57,11 @@ class CpuPlatform(Platform):
     def attention_backend(self) -> str:
         return "fw.core.attention.torch_backend:TorchAttentionBackend"
 
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        from fw.core.models.layers.basic import pack_linear_weights
+
+        pack_linear_weights(model)
+
     def describe(self) -> dict[str, str]:
         return {
             "processor": _platform.processor() or _platform.machine(),
