@@ -186,7 +186,7 @@ class AsyncEngine:
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; wait for one when idle. False when asked to stop."""
-        aborted = False
+        aborted: list[FinishedRequestStats] = []
         while True:
             try:
                 command = self._commands.get(block=block)
@@ -208,12 +208,21 @@ class AsyncEngine:
             else:
                 request_id = command[1]
                 if self._streams.pop(request_id, None) is not None:
+                    progress = self._progress.pop(request_id, None)
+                    if progress is not None:
+                        aborted.append(self._abort_stats(request_id, progress))
                     self.engine.abort_request(request_id)
-                    self._progress.pop(request_id, None)
-                    aborted = True
         if aborted:
-            self._record([])
+            self._record([], aborted)
         return True
+
+    def _abort_stats(self, request_id: str, progress: _Progress) -> FinishedRequestStats:
+        seqs = self.engine.requests.get(request_id) or []
+        now = time.monotonic()
+        arrival = seqs[0].arrival_time if seqs else now
+        scheduled = seqs[0].first_scheduled_time if seqs else None
+        return FinishedRequestStats("abort", now - arrival, (scheduled or now) - arrival,
+                                    seqs[0].num_prompt_tokens if seqs else 0, progress.num_tokens)
 
     def _send(self, stream: _Stream, item: RequestOutput | BaseException) -> None:
         try:
@@ -241,7 +250,7 @@ class AsyncEngine:
         for stream in streams.values():
             self._send(stream, dead)
 
-    def _record(self, outputs: list[RequestOutput]) -> None:
+    def _record(self, outputs: list[RequestOutput], aborted: Sequence[FinishedRequestStats] = ()) -> None:
         if not self.stat_loggers:
             return
         engine = self.engine
@@ -250,7 +259,8 @@ class AsyncEngine:
         queries, hits, preemptions = (new - old for new, old in zip(counters, self._counters))
         self._counters = counters
         now = time.monotonic()
-        stats = IterationStats(now, len(sched.running), len(sched.waiting), bm.usage, queries, hits, preemptions)
+        stats = IterationStats(now, len(sched.running), len(sched.waiting), bm.usage, queries, hits, preemptions,
+                               finished_requests=list(aborted))
         for output in outputs:
             progress = self._progress.get(output.request_id)
             if progress is None:

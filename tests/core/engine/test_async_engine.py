@@ -94,7 +94,8 @@ def test_a_bad_request_fails_alone_and_the_engine_keeps_serving(llm):
 
 
 def test_leaving_a_stream_early_aborts_the_request_and_frees_its_blocks(llm):
-    engine = AsyncEngine(llm.engine)
+    recorder = Recorder()
+    engine = AsyncEngine(llm.engine, [recorder])
     long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 
     async def first_token_then_leave(request_id: str):
@@ -119,6 +120,10 @@ def test_leaving_a_stream_early_aborts_the_request_and_frees_its_blocks(llm):
         assert llm.engine.block_manager.usage == 0
     finally:
         engine.shutdown()
+    aborted = [f for s in recorder.stats for f in s.finished_requests]
+    assert len(aborted) == 9 and {f.finish_reason for f in aborted} == {"abort"}
+    assert sum(f.num_generation_tokens for f in aborted) >= 8  # each of the 8 saw its first token
+    assert recorder.stats[-1].kv_cache_usage == 0
 
 
 def test_a_failing_step_kills_the_engine_and_every_waiting_request_hears_it(llm, monkeypatch):
