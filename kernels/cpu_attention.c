@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_bf16.h"
+
 #define MAX_HEAD_DIM 256
 #define MAX_HEADS 128
 
@@ -32,19 +34,6 @@ typedef struct {
     float scale;
     int dtype;
 } Args;
-
-static inline float bf16_to_f32(uint16_t x) {
-    union { uint32_t u; float f; } v;
-    v.u = ((uint32_t)x) << 16;
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    uint32_t rounding = 0x7FFF + ((v.u >> 16) & 1); /* round to nearest even, as torch does */
-    return (uint16_t)((v.u + rounding) >> 16);
-}
 
 /* A row of head_dim values as float32: the row itself, or converted into `buffer`. */
 static inline const float *row_f32(const void *base, int64_t offset, int dtype, int64_t n, float *buffer) {

@@ -44,7 +44,10 @@ def build(source: Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None
         logger.info("no C compiler found: %s is not used, torch does its work", source.name)
         return None
     flags = FLAGS + extra_flags
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + _cpu_fingerprint().encode()).hexdigest()[:16]
+    # The headers next to the source are part of what is compiled.
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join(flags).encode()
+                         + _cpu_fingerprint().encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

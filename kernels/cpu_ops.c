@@ -14,20 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_bf16.h"
+
 #define MAX_ROW 16384
-
-static inline float bf16_to_f32(uint16_t x) {
-    union { uint32_t u; float f; } v;
-    v.u = ((uint32_t)x) << 16;
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    uint32_t rounding = 0x7FFF + ((v.u >> 16) & 1); /* round to nearest even, as torch does */
-    return (uint16_t)((v.u + rounding) >> 16);
-}
 
 static inline void load_row(const void *base, int64_t offset, int dtype, int64_t n, float *dst) {
     if (dtype == 0) {
