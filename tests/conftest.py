@@ -66,8 +66,9 @@ def train_tokenizer():
     return fast
 
 
-def build_checkpoint(target, arch: str = "llama", seed: int = 0, **overrides):
-    """A tiny random-weight checkpoint in Hugging Face layout (config, safetensors, tokenizer)."""
+def build_checkpoint(target, arch: str = "llama", seed: int = 0, weights_dtype: str = "float32", **overrides):
+    """A tiny random-weight checkpoint in Hugging Face layout (config, safetensors in
+    ``weights_dtype``, tokenizer); ``overrides`` go into the transformers config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -94,7 +95,7 @@ def build_checkpoint(target, arch: str = "llama", seed: int = 0, **overrides):
         for name, param in model.named_parameters():
             if "norm" not in name:
                 param.normal_(0.0, 0.15)
-    model.save_pretrained(target)
+    model.to(getattr(torch, weights_dtype)).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 

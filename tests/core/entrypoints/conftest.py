@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,33 +44,11 @@ class TinyModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """A 2-layer Llama with random bfloat16 weights in safetensors and a BPE tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+def tiny_llama(tiny_checkpoint) -> TinyModel:
+    """The shared tiny Llama (tests/conftest.py), with its weights stored in bfloat16."""
+    from safetensors import safe_open
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(["hello world, this is a tiny model for fw's tests"] * 8, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
-    return TinyModel(path, sum(p.numel() for p in model.parameters()))
+    path = tiny_checkpoint("llama", weights_dtype="bfloat16", max_position_embeddings=128)
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        num_parameters = sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return TinyModel(path, num_parameters)
