@@ -51,7 +51,7 @@ def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
         ("load format", loaded.load_format),
         ("architecture", f"{', '.join(loaded.hf_config.architectures or ())} "
                          f"(implemented by {model_cls.__module__}.{model_cls.__qualname__})"),
-        ("checkpoint dtype", str(stored).removeprefix("torch.") if stored else "unknown"),
+        ("checkpoint dtype", _stored_format(stored, loaded.hf_config)),
         ("dtype", f"{str(loaded.dtype).removeprefix('torch.')} ({chosen})"),
         ("parameters", f"{num_params:,} in {num_tensors} tensors (loaded in {loaded.load_seconds:.1f} s)"),
         ("max model len", str(engine.max_model_len)),
@@ -61,6 +61,13 @@ def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows) + "\n"
+
+
+def _stored_format(stored, hf_config) -> str:
+    if stored is not None:
+        return str(stored).removeprefix("torch.")
+    file_type = getattr(hf_config, "gguf_file_type", None)
+    return f"GGUF {file_type} (dequantized at load)" if file_type else "unknown"
 
 
 def check_frontend_files(frontend: FrontendConfig) -> None:

@@ -179,6 +179,9 @@ class GGUFLoader(WeightLoader):
                 config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
         except Exception as exc:  # transformers rejects the metadata; any failure means a bad file
             raise ModelLoadError(f"cannot read the config from {file}: {exc}".splitlines()[0]) from None
+        file_type = gguf_file_type(gguf.metadata)
+        if file_type is not None:  # how the weights were stored, for fw serve's summary
+            config.gguf_file_type = file_type
         # GGUF metadata names no `architectures`; fw picks the model class from it.
         if not getattr(config, "architectures", None):
             class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
@@ -228,3 +231,14 @@ class GGUFLoader(WeightLoader):
 @hookimpl
 def fw_register_weight_loaders(registry) -> None:
     registry.register(GGUFLoader.name, GGUFLoader)
+
+
+def gguf_file_type(metadata: dict) -> str | None:
+    """llama.cpp's name for how the file's weights are stored (``Q4_1``, ``Q4_K_M``, ``F16``...)."""
+    import gguf
+
+    value = metadata.get("general.file_type")
+    try:
+        return gguf.LlamaFileType(int(value)).name.removeprefix("MOSTLY_") if value is not None else None
+    except ValueError:
+        return None

@@ -35,6 +35,8 @@ def test_config_and_tokenizer_equal_transformers_without_ggufs_reader(default_gg
     directory, name = str(default_gguf.parent), default_gguf.name
     expected_config = AutoConfig.from_pretrained(directory, gguf_file=name)
     expected_config.architectures = ["LlamaForCausalLM"]  # what the loader adds
+    assert config.gguf_file_type == "Q4_1"  # from general.file_type, shown by fw serve
+    expected_config.gguf_file_type = "Q4_1"
     assert type(config) is type(expected_config) and vars(config) == vars(expected_config)
     expected = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     assert type(tokenizer) is type(expected)
