@@ -113,7 +113,143 @@ static inline __attribute__((always_inline)) void attend_impl(const Args *a, int
     }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+
+/* Lane i of the result is the sum of v[i]'s 16 lanes: the 16 horizontal sums of a block of
+   positions in 45 shuffles and adds instead of 16 separate reductions. */
+static inline __m512 reduce16(const __m512 v[16]) {
+    __m512 t[8], u[4], w[2];
+    for (int i = 0; i < 8; i++)  /* per 128-bit chunk: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)  /* per chunk: the chunk's partial sums of v[4i..4i+3] */
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; i++)  /* chunks: [u0 c0+c1, u0 c2+c3, u1 c0+c1, u1 c2+c3] */
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+#define PREFETCH_AHEAD 48
+
+static inline __m512 bf16x16_to_f32(const uint16_t *src) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src)), 16));
+}
+
+/* The bfloat16 path on CPUs with AVX512-BF16: q.k with vdpbf16ps on the cached bf16 keys
+   (no conversion), scores of 16 positions reduced together, values summed in float32 with
+   the accumulators in registers. One sequence, all its kv heads; D a multiple of 32. */
+static inline __attribute__((always_inline)) void attend_bf16_impl(const Args *a, int64_t seq, float *scores,
+                                                                   const int64_t D, const int64_t G) {
+    const int64_t bs = a->block_size, Hkv = a->num_kv_heads, NV = D / 32, NW = D / 16;
+    const int64_t len = a->seq_lens[seq], row = a->token_rows[seq];
+    const int64_t first = a->sliding_window > 0 && len > a->sliding_window ? len - a->sliding_window : 0;
+    const int32_t *table = a->block_tables + seq * a->bt_stride;
+    const uint16_t *query = (const uint16_t *)a->query, *k_cache = (const uint16_t *)a->k_cache;
+    const uint16_t *v_cache = (const uint16_t *)a->v_cache;
+    const __m512 scale = _mm512_set1_ps(a->scale);
+
+    for (int64_t kh = 0; kh < Hkv; kh++) {
+        __m512bh q[G][NV];
+        float maxes[G], sums[G];
+        for (int64_t g = 0; g < G; g++) {
+            const uint16_t *src = query + row * a->q_tok + (kh * G + g) * a->q_head;
+            for (int64_t v = 0; v < NV; v++) q[g][v] = (__m512bh)_mm512_loadu_si512(src + 32 * v);
+            maxes[g] = -INFINITY;
+        }
+        /* Pass 1: scores[g][p] = scale * q_g . k_p, 16 positions at a time */
+        for (int64_t p0 = first; p0 < len; p0 += 16) {
+            const int64_t n = len - p0 < 16 ? len - p0 : 16;
+            const uint16_t *keys[16];
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t p = p0 + i;
+                keys[i] = k_cache + (int64_t)table[p / bs] * a->c_block + (p % bs) * a->c_slot + kh * a->c_head;
+            }
+            const __mmask16 mask = (__mmask16)((1u << n) - 1);
+            if (kh == 0) {
+                /* The cache is read in scattered blocks, so the hardware prefetchers see little:
+                   ask for the keys and values (all heads) PREFETCH_AHEAD positions ahead now. */
+                const int64_t row_elems = Hkv * D;
+                const int64_t from = p0 == first ? p0 : p0 + PREFETCH_AHEAD - 16;
+                for (int64_t p = from; p < p0 + PREFETCH_AHEAD && p < len; p++) {
+                    const int64_t offset = (int64_t)table[p / bs] * a->c_block + (p % bs) * a->c_slot;
+                    for (int64_t e = 0; e < row_elems; e += 32) {
+                        _mm_prefetch((const char *)(k_cache + offset + e), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(v_cache + offset + e), _MM_HINT_T1);
+                    }
+                }
+            }
+            for (int64_t g = 0; g < G; g++) {
+                __m512 dots[16];
+                for (int64_t i = 0; i < 16; i++) {
+                    dots[i] = _mm512_setzero_ps();
+                    if (i < n) {
+                        for (int64_t v = 0; v < NV; v++)
+                            dots[i] = _mm512_dpbf16_ps(dots[i], q[g][v], (__m512bh)_mm512_loadu_si512(keys[i] + 32 * v));
+                    }
+                }
+                const __m512 s = _mm512_mul_ps(reduce16(dots), scale);
+                _mm512_mask_storeu_ps(scores + g * len + p0, mask, s);
+                const float m = _mm512_mask_reduce_max_ps(mask, s);
+                maxes[g] = m > maxes[g] ? m : maxes[g];
+            }
+        }
+        for (int64_t g = 0; g < G; g++) {
+            float *s = scores + g * len, sum = 0.0f;
+            for (int64_t p = first; p < len; p++) {
+                s[p] = expf(s[p] - maxes[g]);
+                sum += s[p];
+            }
+            sums[g] = sum;
+        }
+        /* Pass 2: acc_g = sum_p softmax_g[p] * v_p, in float32 */
+        __m512 acc[G][NW];
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t j = 0; j < NW; j++) acc[g][j] = _mm512_setzero_ps();
+        for (int64_t b = first / bs; b <= (len - 1) / bs; b++) {
+            const int64_t p0 = b * bs, lo = first > p0 ? first - p0 : 0, hi = len - p0 < bs ? len - p0 : bs;
+            const uint16_t *base = v_cache + (int64_t)table[b] * a->c_block + kh * a->c_head;
+            for (int64_t i = lo; i < hi; i++) {
+                __m512 values[NW];
+                for (int64_t j = 0; j < NW; j++) values[j] = bf16x16_to_f32(base + i * a->c_slot + 16 * j);
+                for (int64_t g = 0; g < G; g++) {
+                    const __m512 w = _mm512_set1_ps(scores[g * len + p0 + i]);
+                    for (int64_t j = 0; j < NW; j++) acc[g][j] = _mm512_fmadd_ps(w, values[j], acc[g][j]);
+                }
+            }
+        }
+        for (int64_t g = 0; g < G; g++) {
+            const __m512 inv = _mm512_set1_ps(1.0f / sums[g]);
+            uint16_t *dst = (uint16_t *)a->out + row * a->o_tok + (kh * G + g) * a->o_head;
+            for (int64_t j = 0; j < NW; j++)
+                _mm256_storeu_si256((__m256i *)(dst + 16 * j), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[g][j], inv)));
+        }
+    }
+}
+
+#define BF16_CASE(D_, G_) case G_: attend_bf16_impl(a, seq, scores, D_, G_); return 1;
+#define BF16_CASES(D_) BF16_CASE(D_, 1) BF16_CASE(D_, 2) BF16_CASE(D_, 3) BF16_CASE(D_, 4) \
+                       BF16_CASE(D_, 5) BF16_CASE(D_, 6) BF16_CASE(D_, 7) BF16_CASE(D_, 8)
+
+/* 1 when the AVX512-BF16 path took the sequence (bf16, head_dim 64 or 128, up to 8 query
+   heads per kv head: the common shapes, each compiled with its sizes as constants). */
+static int attend_bf16(const Args *a, int64_t seq, float *scores) {
+    if (a->dtype != 1) return 0;
+    const int64_t G = a->num_heads / a->num_kv_heads;
+    if (a->head_dim == 64) {
+        switch (G) { BF16_CASES(64) }
+    } else if (a->head_dim == 128) {
+        switch (G) { BF16_CASES(128) }
+    }
+    return 0;
+}
+#else
+static int attend_bf16(const Args *a, int64_t seq, float *scores) { return 0; }
+#endif
+
 static void attend(const Args *a, int64_t seq, float *scores) {
+    if (attend_bf16(a, seq, scores)) return;
     switch (a->head_dim) {
         case 64: attend_impl(a, seq, scores, 64); break;
         case 128: attend_impl(a, seq, scores, 128); break;

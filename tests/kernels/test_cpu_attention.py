@@ -81,3 +81,26 @@ def test_a_missing_compiler_falls_back_instead_of_failing(monkeypatch, tmp_path)
     finally:
         monkeypatch.undo()
         cpu_attention.load.cache_clear()
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", range(1, 9))
+def test_bfloat16_shapes_of_the_vectorised_path_match_the_reference(head_dim, group):
+    # bfloat16 with head_dim 64/128 and up to 8 query heads per kv head take the AVX512-BF16
+    # path where the CPU has it: 16-position chunks, partial chunks and blocks, windows.
+    rng = random.Random(head_dim * 10 + group)
+    kv_heads, block_size = rng.choice([1, 2, 3]), rng.choice([8, 16, 32])
+    heads, window = kv_heads * group, rng.choice([None, 5, 33])
+    gen = torch.Generator().manual_seed(group)
+    seq_lens = torch.tensor([1, 15, 16, 17, 33, rng.randint(40, 130)], dtype=torch.int32)
+    max_blocks = (int(seq_lens.max()) + block_size - 1) // block_size
+    num_blocks = len(seq_lens) * max_blocks
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=gen).bfloat16()
+    tables = torch.randperm(num_blocks, generator=gen).view(len(seq_lens), max_blocks).int()
+    query = torch.randn(len(seq_lens), heads, head_dim, generator=gen).bfloat16()
+    out = torch.empty_like(query)
+    rows = torch.arange(len(seq_lens))
+    cpu_attention.paged_decode_attention(query, cache, tables, seq_lens, rows, out, head_dim**-0.5, window)
+    starts = torch.arange(len(seq_lens) + 1, dtype=torch.int32)
+    expected = paged_attention_ref(query, cache, starts, seq_lens, tables, head_dim**-0.5, window)
+    torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
