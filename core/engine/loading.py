@@ -41,7 +41,7 @@ class LoadedModel:
     load_format: str
     quantization: str | None
     load_seconds: float
-    num_params: int = 0  # counted before the platform prepared the model (packing may free weights)
+    num_params: int  # counted before the platform prepared the model (packing may free weights)
 
 
 def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
