@@ -372,3 +372,13 @@ def test_sigterm_cancels_a_stream_that_outlives_the_grace_period(monkeypatch) ->
     assert engine.stopped == 1
     assert signal.getsignal(signal.SIGTERM) == handler_before
     thread.join(5)
+
+
+@pytest.mark.parametrize("level", ["error", "debug"])
+def test_uvicorn_log_level_sets_the_http_servers_loggers(level):
+    app = build_app(FakeEngine(), FakeServing(), frontend(uvicorn_log_level=level), ["tiny"], CollectorRegistry())
+    with bind_socket("127.0.0.1", 0) as sock:
+        uvicorn_config(app, frontend(uvicorn_log_level=level), sock)  # uvicorn configures logging here
+    expected = getattr(logging, level.upper())
+    assert logging.getLogger("uvicorn.error").level == expected
+    assert logging.getLogger("uvicorn.access").level == expected
