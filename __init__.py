@@ -2,13 +2,19 @@
 
 Importing fw loads no plugins and touches no GPU; ``fw.LLM`` and the CLI build the plugin
 manager explicitly when they start (see fw.core.plugins).
+
+The repository root is this package, and its top-level folders (core/, plugins/, kernels/,
+entrypoints/ ...) are implicit namespace packages on purpose: they have no ``__init__.py``, so
+when Python runs from the checkout (the current directory first on ``sys.path``) an
+installed package of the same name (PyPI's ``kernels``, which transformers imports) still
+wins the import. tests/test_layout.py keeps it that way.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fw.version import __version__
+__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fw.core.engine.outputs import CompletionOutput, RequestOutput

@@ -29,7 +29,7 @@ def build_parser(plugins: Plugins) -> FwArgumentParser:
     from fw.core.config import SERVER_CONFIG_CLASSES
     from fw.core.config.args import FwArgumentParser
     from fw.core.entrypoints import collect_env, commands, plugins_cmd, serve
-    from fw.version import __version__
+    from fw import __version__
 
     parser = FwArgumentParser(
         prog="fw",
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None, *, plugins: Plugins | None = None) -
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-v"], ["--version"]):
-        from fw.version import __version__
+        from fw import __version__
 
         print(f"fw {__version__}")
         return 0

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fw.core.engine.async_engine import EngineDeadError
 from fw.core.entrypoints.openai.errors import APIError, error_body
-from fw.version import __version__
+from fw import __version__
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -12,7 +12,7 @@ from fw.core.config import SERVER_CONFIG_CLASSES, build_configs
 from fw.core.entrypoints import collect_env
 from fw.core.entrypoints.cli import build_parser, parse_command_line
 from fw.core.entrypoints.commands import config_values
-from fw.version import __version__
+from fw import __version__
 
 
 def serve_configs(plugins, *argv: str) -> dict:

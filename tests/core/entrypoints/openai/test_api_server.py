@@ -271,7 +271,7 @@ def test_cors_preflight_and_headers(server: Served) -> None:
 
 
 def test_index_version_and_metrics(server: Served) -> None:
-    from fw.version import __version__
+    from fw import __version__
 
     index = requests.get(server.url + "/", timeout=5).json()
     assert index["name"] == "fw" and index["version"] == __version__ and index["models"] == ["tiny"]

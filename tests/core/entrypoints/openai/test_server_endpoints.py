@@ -11,7 +11,7 @@ import json
 import pytest
 import requests
 
-from fw.version import __version__
+from fw import __version__
 
 openai = pytest.importorskip("openai")
 

@@ -1,1 +1,0 @@
-"""The core: hook specs, plugin interfaces, configs, engine, scheduler and KV cache."""

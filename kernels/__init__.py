@@ -1,1 +1,0 @@
-"""Triton kernels and their torch references. Leaf code: imports neither core nor plugins."""
