@@ -1,4 +1,4 @@
-from fw.core.entrypoints.cli import main
+from fw.entrypoints.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -34,7 +34,7 @@ def top_level_names() -> list[str]:
 
 
 def test_no_top_level_folder_is_a_regular_package():
-    assert {"core", "kernels", "plugins"} <= set(top_level_names())
+    assert {"core", "entrypoints", "kernels", "plugins"} <= set(top_level_names())
     regular = [name for name in top_level_names() if (REPO / name / "__init__.py").exists()]
     modules = [name for name in top_level_names() if (REPO / f"{name}.py").exists()]
     assert regular == [] and modules == []

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-TOP_LEVEL_PACKAGES = ("core", "plugins", "kernels")
+TOP_LEVEL_PACKAGES = ("core", "entrypoints", "plugins", "kernels")
 
 
 def declared_packages() -> list[str]:

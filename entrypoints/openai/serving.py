@@ -1,0 +1,320 @@
+"""Request handling of the OpenAI API, independent of HTTP.
+
+``OpenAIServing`` takes a request body (decoded JSON), validates it, runs it on the
+``AsyncEngine`` and returns the response body, or for ``"stream": true`` an async iterator
+of server-sent-event strings. The HTTP server (api_server.py) only moves bytes.
+Completions and chat live in serving_completion.py and serving_chat.py; what they share
+(validation, limits, starting engine requests, logprob tokens, the SSE framing) is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Sequence, TypeVar
+
+from pydantic import ValidationError
+
+from fw.core.engine.outputs import RequestOutput
+from fw.core.engine.sampling_params import SamplingParams
+from fw.entrypoints.openai.chat_utils import (
+    detect_content_format,
+    load_chat_template,
+    render_chat,
+    to_conversation,
+)
+from fw.entrypoints.openai.errors import APIError, NotFoundError, error_body, from_validation_error
+from fw.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    ChatTemplateFields,
+    CompletionRequest,
+    DetokenizeRequest,
+    OpenAIBaseModel,
+    SamplingRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+from fw.entrypoints.openai.serving_chat import ChatHandler
+from fw.entrypoints.openai.serving_completion import CompletionHandler
+
+if TYPE_CHECKING:
+    from fw.core.config.frontend import FrontendConfig
+    from fw.core.engine.async_engine import AsyncEngine
+    from fw.core.interfaces import ReasoningParser
+    from fw.core.plugins import Plugins
+
+logger = logging.getLogger("fw.server")
+
+RequestT = TypeVar("RequestT", bound=OpenAIBaseModel)
+
+SSE_DONE = "data: [DONE]\n\n"
+
+# SentencePiece's byte-fallback pieces: one byte each.
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@functools.cache
+def _byte_level_decoder() -> dict[str, int]:
+    """Byte-level BPE (GPT-2 style) writes each byte as one printable character: the reverse map."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event carrying a JSON object."""
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _close_all(generators: Sequence[AsyncGenerator[RequestOutput, None]]) -> None:
+    for generator in generators:
+        await generator.aclose()
+
+
+class EngineStream:
+    """One engine request's outputs, its first output already received (so it was accepted)."""
+
+    def __init__(self, first: RequestOutput, outputs: AsyncGenerator[RequestOutput, None]) -> None:
+        self._first: RequestOutput | None = first
+        self._outputs = outputs
+
+    def __aiter__(self) -> EngineStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._outputs.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading; an unfinished request is aborted and its KV blocks freed."""
+        await self._outputs.aclose()
+
+    async def last(self) -> RequestOutput:
+        """Read to the end: the finished output."""
+        try:
+            async for output in self:
+                if output.finished:
+                    return output
+            raise RuntimeError("the engine's output stream ended before the request finished")
+        finally:
+            await self.aclose()
+
+
+class OpenAIServing:
+    """The OpenAI API on one engine: models, completions, chat completions, tokenize, detokenize."""
+
+    def __init__(self, engine: AsyncEngine, served_names: Sequence[str], frontend: FrontendConfig,
+                 plugins: Plugins) -> None:
+        if not served_names:
+            raise ValueError("at least one served model name is needed")
+        self.engine = engine
+        self.llm = engine.engine
+        self.tokenizer = self.llm.tokenizer
+        self.served_names = tuple(served_names)
+        self.frontend = frontend
+        self.chat_template = load_chat_template(frontend.chat_template)
+        self.reasoning_parser_cls: type[ReasoningParser] | None = (
+            plugins.reasoning_parsers.get(frontend.reasoning_parser) if frontend.reasoning_parser else None)
+        self.max_logprobs = self.llm.config.model.max_logprobs
+        # Each of a request's n samples is a sequence; more than run in one step never run together.
+        self.max_n = self.llm.config.scheduler.max_num_seqs
+        self.default_max_tokens: int | None = self.llm.loaded.generation_defaults.get("max_tokens")
+        self.created = int(time.time())
+        self._token_texts: dict[int, str] = {}
+        self._completion = CompletionHandler(self)
+        self._chat = ChatHandler(self)
+
+    @property
+    def model_name(self) -> str:
+        """The name responses report: the first served name."""
+        return self.served_names[0]
+
+    # ---------------------------------------------------------------- endpoints
+
+    def models(self) -> dict[str, Any]:
+        root = self.llm.config.model.model or str(self.llm.loaded.resolved.path)
+        data = [{"id": name, "object": "model", "created": self.created, "owned_by": "fw", "root": root,
+                 "parent": None, "max_model_len": self.llm.max_model_len} for name in self.served_names]
+        return {"object": "list", "data": data}
+
+    async def completions(self, body: Any, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
+        request = self.parse(CompletionRequest, body, request_id)
+        return await self._completion.create(request, request_id)
+
+    async def chat_completions(self, body: Any, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
+        request = self.parse(ChatCompletionRequest, body, request_id)
+        return await self._chat.create(request, request_id)
+
+    async def tokenize(self, body: Any) -> dict[str, Any]:
+        if isinstance(body, dict) and "messages" in body:
+            chat = self.parse(TokenizeChatRequest, body)
+            token_ids = self.render_prompt(chat)[1]
+            return_token_strs = chat.return_token_strs
+        else:
+            request = self.parse(TokenizeCompletionRequest, body)
+            token_ids = self.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+            return_token_strs = request.return_token_strs
+        token_strs = self.tokenizer.convert_ids_to_tokens(token_ids) if return_token_strs else None
+        return {"count": len(token_ids), "max_model_len": self.llm.max_model_len, "tokens": token_ids,
+                "token_strs": token_strs}
+
+    async def detokenize(self, body: Any) -> dict[str, Any]:
+        request = self.parse(DetokenizeRequest, body)
+        self.check_token_ids("tokens", request.tokens)
+        return {"prompt": self.tokenizer.decode(request.tokens)}
+
+    # ---------------------------------------------------------------- validation
+
+    def parse(self, model: type[RequestT], body: Any, request_id: str | None = None) -> RequestT:
+        """Validate a request body; warn about fields we ignore; check the model name."""
+        if not isinstance(body, dict):
+            raise APIError(f"the request body must be a JSON object, got {type(body).__name__}")
+        try:
+            request = model.model_validate(body)
+        except ValidationError as e:
+            raise from_validation_error(e) from None
+        if ignored := request.ignored_fields():
+            logger.warning("request %s: ignored fields: %s", request_id or "-", ", ".join(ignored))
+        name = getattr(request, "model", None)
+        if name is not None and name not in self.served_names:
+            raise NotFoundError(f"The model `{name}` does not exist. Served models: {', '.join(self.served_names)}",
+                                param="model")
+        if isinstance(request, SamplingRequest) and request.stream_options is not None and not request.stream:
+            raise APIError("stream_options can only be set when stream is true", param="stream_options")
+        return request
+
+    def check_token_ids(self, field: str, token_ids: Sequence[int]) -> None:
+        vocab_size = self.llm.vocab_size
+        for token_id in token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise APIError(f"{field} contains token id {token_id}, which is out of vocabulary "
+                               f"(0 to {vocab_size - 1})", param=field)
+
+    def sampling_params(self, request: SamplingRequest, num_prompt_tokens: int,
+                        max_tokens: int | None) -> SamplingParams:
+        """The request's SamplingParams, within the server's limits (else APIError naming the limit)."""
+        if request.n > self.max_n:
+            raise APIError(f"n is {request.n}, more than the maximum of {self.max_n} (--max-num-seqs)", param="n")
+        logprobs_field = "top_logprobs" if isinstance(request, ChatCompletionRequest) else "logprobs"
+        for field, value in ((logprobs_field, request.output_logprobs()), ("prompt_logprobs", request.prompt_logprobs)):
+            if value is not None and value > self.max_logprobs:
+                raise APIError(f"{field} is {value}, more than the maximum of {self.max_logprobs} (--max-logprobs)",
+                               param=field)
+        self.check_token_ids("logit_bias", [int(key) for key in request.logit_bias or {}])
+        self.check_token_ids("allowed_token_ids", request.allowed_token_ids or [])
+        if max_tokens is None and self.default_max_tokens is not None:
+            # The model's generation_config caps an open-ended request, within the context.
+            room = self.llm.max_model_len - num_prompt_tokens
+            max_tokens = min(self.default_max_tokens, room) if room > 0 else None
+        try:
+            return request.to_sampling_params(self.llm.default_sampling_params(), max_tokens)
+        except ValueError as e:
+            field = str(e).split(" ", 1)[0]
+            raise APIError(str(e), param=field if field in type(request).model_fields else None) from None
+
+    # ---------------------------------------------------------------- chat prompts
+
+    def render_prompt(self, request: ChatTemplateFields) -> tuple[str, list[int]]:
+        """The conversation rendered by the chat template: its text and token ids."""
+        if request.chat_template is not None and not self.frontend.trust_request_chat_template:
+            raise APIError("a chat_template in the request is refused: this server does not run templates sent "
+                           "by clients (start it with --trust-request-chat-template to allow them)",
+                           param="chat_template")
+        try:
+            add_generation_prompt = request.generation_prompt()
+        except ValueError as e:
+            raise APIError(str(e), param="continue_final_message") from None
+        template = request.chat_template or self.chat_template
+        try:
+            template = self.tokenizer.get_chat_template(template)
+        except ValueError:
+            raise APIError("the model has no chat template; start the server with --chat-template") from None
+        content_format = self.frontend.chat_template_content_format
+        if content_format == "auto":
+            content_format = detect_content_format(template)
+        tools = request.tools if getattr(request, "tool_choice", None) != "none" else None
+        text = render_chat(self.tokenizer, to_conversation(request.messages, content_format), template,
+                           add_generation_prompt=add_generation_prompt,
+                           continue_final_message=request.continue_final_message,
+                           tools=tools, template_kwargs=request.chat_template_kwargs)
+        # The template writes the special tokens (BOS...) itself: don't add them twice.
+        return text, self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
+
+    # ---------------------------------------------------------------- running requests
+
+    def log_request(self, request_id: str, prompts: Sequence[str | list[int]], params: SamplingParams) -> None:
+        if self.frontend.disable_log_requests:
+            return
+        limit = self.frontend.max_log_len
+        preview = prompts[0] if limit is None else prompts[0][:limit]
+        more = f" (and {len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
+        logger.info("request %s: prompt: %r%s, params: %s", request_id, preview, more, params)
+
+    async def start(self, requests: Sequence[tuple[list[int], SamplingParams, str]],
+                    priority: int) -> list[EngineStream]:
+        """Submit ``(token ids, params, engine request id)`` requests together; wait until each has output.
+
+        An invalid request (out-of-vocabulary ids, over the context length) fails here as a 400
+        and the others are aborted, so a stream never starts for a request that cannot run.
+        """
+        generators = [self.engine.generate(ids, params, engine_id, priority) for ids, params, engine_id in requests]
+        try:
+            firsts = await asyncio.gather(*(anext(g) for g in generators), return_exceptions=True)
+        except BaseException:  # cancelled (the client went away): every child has stopped by now
+            await _close_all(generators)
+            raise
+        failure = next((f for f in firsts if isinstance(f, BaseException)), None)
+        if failure is not None:
+            await _close_all(generators)
+            if isinstance(failure, ValueError):  # the engine refused the request; its message is for the user
+                raise APIError(str(failure)) from None
+            raise failure
+        return [EngineStream(first, g) for first, g in zip(firsts, generators)]
+
+    def token_text(self, token_id: int) -> str:
+        """How a token shows in logprobs: its own decoded text."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The token's UTF-8 bytes; for a piece of a multi-byte character (text U+FFFD), its own bytes.
+
+        That is what OpenAI's ``bytes`` field is for: joining the pieces of a character that
+        no single token can show.
+        """
+        text = self.token_text(token_id)
+        if "\ufffd" in text:
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            if isinstance(piece, str) and (match := _BYTE_PIECE.fullmatch(piece)):
+                return [int(match.group(1), 16)]
+            decoder = _byte_level_decoder()
+            if isinstance(piece, str) and piece and all(char in decoder for char in piece):
+                return [decoder[char] for char in piece]
+        return list(text.encode("utf-8"))
+
+    async def sse_stream(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+        """SSE framing: each chunk, an error event if the request fails midway, then ``[DONE]``.
+
+        Closing this iterator (a client that went away) closes ``chunks``, which aborts the
+        engine requests; cancellation passes through untouched.
+        """
+        try:
+            try:
+                async for chunk in chunks:
+                    yield sse(chunk)
+            except APIError as e:
+                yield sse(e.body())
+            except Exception as e:  # noqa: BLE001 - the response has started: report in-band
+                logger.exception("a streaming request failed")
+                yield sse(error_body(f"internal error: {e}", 500, "InternalServerError"))
+            yield SSE_DONE
+        finally:
+            await chunks.aclose()

@@ -1,0 +1,161 @@
+"""``fw serve``: the OpenAI-compatible server.
+
+The port is bound first, so that a busy port fails in a second rather than after the model
+loaded. Then the engine is built (files resolved, weights loaded, KV cache sized and
+allocated; a bad file or option fails here with its one-line error), and the HTTP server
+runs until SIGINT or SIGTERM, which stop it gracefully and exit 0.
+
+FastAPI, uvicorn and prometheus_client are imported only once serving starts, so the engine
+stays importable where they are not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fw.core.config import SERVER_CONFIG_CLASSES, ConfigError, EngineConfig, FrontendConfig, option_names
+from fw.entrypoints.commands import config_values
+from fw.core.errors import FwError
+
+if TYPE_CHECKING:
+    from fw.core.engine.llm_engine import LLMEngine
+    from fw.core.plugins import Plugins
+
+#: Where ``--api-key`` comes from when the option is not given.
+API_KEY_ENV = "FW_API_KEY"
+
+
+def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
+    """The start-up summary: what is served, from where, on what, and how big the cache is."""
+    from fw.core.engine.loading import checkpoint_dtype
+
+    loaded = engine.loaded
+    model_cls = type(loaded.model)
+    num_params = loaded.num_params
+    num_tensors = sum(1 for _ in loaded.model.parameters())
+    stored = checkpoint_dtype(loaded.hf_config)
+    chosen = "given by --dtype" if engine.config.model.dtype != "auto" else f"auto: the {loaded.platform.name} platform's choice"
+    bm = engine.block_manager
+    rows = [
+        ("served model name", ", ".join(served_names)),
+        ("model path", str(loaded.resolved.path)),
+        ("source", loaded.resolved.source),
+        ("platform", loaded.platform.name),
+        ("load format", loaded.load_format),
+        ("architecture", f"{', '.join(loaded.hf_config.architectures or ())} "
+                         f"(implemented by {model_cls.__module__}.{model_cls.__qualname__})"),
+        ("checkpoint dtype", _stored_format(stored, loaded.hf_config)),
+        ("dtype", f"{str(loaded.dtype).removeprefix('torch.')} ({chosen})"),
+        ("parameters", f"{num_params:,} in {num_tensors} tensors (loaded in {loaded.load_seconds:.1f} s)"),
+        ("max model len", str(engine.max_model_len)),
+        ("kv cache", f"{bm.num_blocks} blocks of {bm.block_size} tokens"),
+        ("quantization", loaded.quantization or "none"),
+        ("tokenizer", f"{type(engine.tokenizer).__name__}, {len(engine.tokenizer)} tokens"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows) + "\n"
+
+
+def _stored_format(stored, hf_config) -> str:
+    if stored is not None:
+        return str(stored).removeprefix("torch.")
+    file_type = getattr(hf_config, "gguf_file_type", None)
+    return f"GGUF {file_type} (dequantized at load)" if file_type else "unknown"
+
+
+def check_frontend_files(frontend: FrontendConfig) -> None:
+    """Files named by options must exist now, not when the first request needs them."""
+    for name in ("ssl_keyfile", "ssl_certfile"):
+        path = getattr(frontend, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{name} {path} is not a file")
+
+
+def run_serve(args: argparse.Namespace, plugins: Plugins) -> int:
+    plugins.check()
+    values = config_values(args, SERVER_CONFIG_CLASSES)
+    frontend_names = option_names([FrontendConfig])
+    frontend = FrontendConfig(**{name: value for name, value in values.items() if name in frontend_names})
+    config = EngineConfig.from_values({name: value for name, value in values.items() if name not in frontend_names})
+    generation_config = config.model.generation_config
+    if generation_config not in ("auto", "vllm") and not Path(generation_config).is_dir():
+        raise ConfigError(f"generation_config must be 'auto', 'vllm' or a directory; {generation_config} is none of these")
+    check_frontend_files(frontend)
+    if frontend.api_key is None and os.environ.get(API_KEY_ENV):
+        frontend = dataclasses.replace(frontend, api_key=os.environ[API_KEY_ENV])
+    sock = listen(frontend.host or "0.0.0.0", frontend.port)
+    try:
+        from fw.core.engine.llm_engine import LLMEngine  # torch: after the quick checks
+
+        engine = LLMEngine(config, plugins)
+        served_names = config.model.served_model_name or (engine.served_name,)
+        print(f"fw serve: the engine is ready:\n{describe_engine(engine, served_names)}", end="", flush=True)
+        return serve_engine(engine, config, frontend, tuple(served_names), plugins, sock)
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now; a busy port or a bad address is a one-line error."""
+    try:
+        from fw.entrypoints.openai.api_server import bind_socket
+    except ImportError as e:  # the engine runs without them; the server does not
+        raise FwError(f"fw serve needs the Python package {e.name!r}; install it with "
+                      "`pip install fastapi uvicorn prometheus-client`") from None
+    try:
+        return bind_socket(host, port)
+    except OSError as e:
+        raise FwError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve_engine(engine: LLMEngine, config: EngineConfig, frontend: FrontendConfig,
+                 served_names: tuple[str, ...], plugins: Plugins, sock: socket.socket) -> int:
+    """Serve ``engine`` over HTTP on ``sock`` until SIGINT/SIGTERM; returns the exit code (0)."""
+    from prometheus_client import CollectorRegistry
+
+    from fw.core.engine.async_engine import AsyncEngine
+    from fw.entrypoints.openai.api_server import build_app, run_server
+    from fw.entrypoints.openai.serving import OpenAIServing
+    from fw.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+
+    configure_logging()
+    registry = CollectorRegistry()
+    log_stats = None if config.observability.disable_log_stats else LoggingStatLogger()
+    stat_loggers = [PrometheusStatLogger(served_names[0], registry), *([log_stats] if log_stats else [])]
+    async_engine = AsyncEngine(engine, stat_loggers)
+    try:
+        serving = OpenAIServing(async_engine, served_names, frontend, plugins)
+        app = build_app(async_engine, serving, frontend, served_names, registry, log_stats)
+        print(f"fw serve: {server_address(sock, frontend)}", flush=True)
+        run_server(app, frontend, sock)
+    finally:
+        async_engine.shutdown()
+    return 0
+
+
+def server_address(sock: socket.socket, frontend: FrontendConfig) -> str:
+    """Where clients should point, e.g. ``OpenAI API at http://localhost:8000/v1``."""
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if frontend.ssl_certfile else "http"
+    shown = "localhost" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    url = f"{scheme}://{shown}:{port}"  # --root-path is the proxy's prefix; the server itself answers at /
+    where = " (listening on every interface)" if shown == "localhost" else ""
+    return f"OpenAI API at {url}/v1{where}; stop with Ctrl-C"
+
+
+def configure_logging() -> None:
+    """fw's log lines (stats, request errors) on stderr, next to uvicorn's."""
+    fw_logger = logging.getLogger("fw")
+    if not fw_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S"))
+        fw_logger.addHandler(handler)
+    if fw_logger.level == logging.NOTSET:
+        fw_logger.setLevel(logging.INFO)
