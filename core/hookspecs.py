@@ -17,6 +17,15 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from fw.core.interfaces import (
+        CausalLM,
+        ModelSource,
+        Platform,
+        QuantizationMethod,
+        ReasoningParser,
+        ToolParser,
+        WeightLoader,
+    )
     from fw.core.registry import Registrar
 
 PROJECT_NAME = "fw"
@@ -30,7 +39,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def fw_register_platforms(registry: Registrar) -> None:
+def fw_register_platforms(registry: Registrar[type[Platform]]) -> None:
     """Register :class:`~fw.core.interfaces.Platform` subclasses.
 
     Called once at start-up. Collect-all: every plugin's implementation is called.
@@ -44,7 +53,7 @@ def fw_register_platforms(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_model_sources(registry: Registrar) -> None:
+def fw_register_model_sources(registry: Registrar[type[ModelSource]]) -> None:
     """Register :class:`~fw.core.interfaces.ModelSource` subclasses.
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``;
@@ -55,7 +64,7 @@ def fw_register_model_sources(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_weight_loaders(registry: Registrar) -> None:
+def fw_register_weight_loaders(registry: Registrar[type[WeightLoader]]) -> None:
     """Register :class:`~fw.core.interfaces.WeightLoader` subclasses.
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``;
@@ -64,7 +73,7 @@ def fw_register_weight_loaders(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_model_architectures(registry: Registrar) -> None:
+def fw_register_model_architectures(registry: Registrar[type[CausalLM]]) -> None:
     """Register model implementations (:class:`~fw.core.interfaces.CausalLM` subclasses).
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``
@@ -74,7 +83,7 @@ def fw_register_model_architectures(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_quantization_methods(registry: Registrar) -> None:
+def fw_register_quantization_methods(registry: Registrar[type[QuantizationMethod]]) -> None:
     """Register :class:`~fw.core.interfaces.QuantizationMethod` subclasses.
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``;
@@ -87,7 +96,7 @@ def fw_register_quantization_methods(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_tool_parsers(registry: Registrar) -> None:
+def fw_register_tool_parsers(registry: Registrar[type[ToolParser]]) -> None:
     """Register :class:`~fw.core.interfaces.ToolParser` subclasses.
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``;
@@ -96,7 +105,7 @@ def fw_register_tool_parsers(registry: Registrar) -> None:
 
 
 @hookspec
-def fw_register_reasoning_parsers(registry: Registrar) -> None:
+def fw_register_reasoning_parsers(registry: Registrar[type[ReasoningParser]]) -> None:
     """Register :class:`~fw.core.interfaces.ReasoningParser` subclasses.
 
     Called once at start-up. Collect-all. Call ``registry.register(name, cls)``;

@@ -89,7 +89,6 @@ class PluginRecord:
 class Plugins:
     """The loaded plugins and one registry per plugin kind."""
 
-    manager: pluggy.PluginManager
     records: list[PluginRecord]
     platforms: Registry[type[Platform]]
     model_sources: Registry[type[ModelSource]]
@@ -203,7 +202,7 @@ def load_plugins(
     broken = [r.info for r in records if r.status == BROKEN]
     for registry in registries.values():
         registry.broken_plugins = broken
-    return Plugins(manager=manager, records=records, **registries)
+    return Plugins(records=records, **registries)
 
 
 def _register_all(manager: pluggy.PluginManager, record: PluginRecord, registries: dict[str, Registry]) -> None:

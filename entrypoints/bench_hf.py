@@ -11,11 +11,9 @@ credit for. The printout says how many tokens were generated and how many counte
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
-from unittest import mock
 
 import torch
 from tqdm import tqdm
@@ -43,7 +41,6 @@ def find_gguf_file(path: Path) -> Path:
 
 def load_hf_model(info: ModelInfo) -> PreTrainedModel:
     """The model fw runs, as a transformers model with fw's dtype on fw's device."""
-    import gguf
     from transformers import AutoModelForCausalLM
 
     try:
@@ -51,11 +48,7 @@ def load_hf_model(info: ModelInfo) -> PreTrainedModel:
             model = AutoModelForCausalLM.from_config(info.hf_config, dtype=info.dtype)
         elif info.load_format == "gguf":
             file = find_gguf_file(info.path)
-            # transformers rebuilds the same gguf tensor-name map for every submodule, which
-            # is most of its load time; the map is a pure function of its arguments.
-            cached = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
-            with mock.patch.object(gguf, "get_tensor_name_map", cached):
-                model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=info.dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=info.dtype)
         elif info.load_format in HF_DIRECTORY_FORMATS:
             model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype=info.dtype)
         else:

@@ -95,15 +95,13 @@ def main(argv: Sequence[str] | None = None, *, plugins: Plugins | None = None) -
 
         print(f"fw {__version__}")
         return 0
-    from fw.entrypoints.commands import CommandNotAvailableError
-
     try:
         return _run(argv, plugins)
     except KeyboardInterrupt:
         return 130
     except SystemExit as exc:  # argparse: --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else USAGE_ERROR)
-    except (ConfigError, CommandNotAvailableError) as exc:
+    except ConfigError as exc:
         _error(str(exc))
         return USAGE_ERROR
     except FwError as exc:

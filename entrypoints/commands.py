@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fw.core.config import ENGINE_CONFIG_CLASSES, ConfigBase, ConfigError
 from fw.core.config.args import FwArgumentParser, add_config_arguments, values_from_namespace
 from fw.entrypoints.help import EngineHelpAction
-from fw.core.errors import FwError
 
 if TYPE_CHECKING:
     from fw.core.plugins import Plugins
@@ -25,13 +24,27 @@ Handler = Callable[[argparse.Namespace, "Plugins"], int]
 
 DEFAULT_API_URL = "http://localhost:8000/v1"
 
+#: vLLM options of features fw does not have yet. They are recognised so that the refusal
+#: names the feature (rather than argparse's "unrecognized arguments"); never ignored.
+UNAVAILABLE_OPTIONS: dict[str, str] = {
+    "--speculative-config": "speculative decoding",
+    "--speculative-model": "speculative decoding",
+    "--num-speculative-tokens": "speculative decoding",
+    "--distributed-executor-backend": "distributed executors (worker processes, Ray)",
+    "--cpu-offload-gb": "offloading weights to the CPU",
+    "--enable-expert-parallel": "expert parallelism",
+    "--structured-outputs-config": "structured output",
+    "--guided-decoding-backend": "structured output",
+    "--limit-mm-per-prompt": "multimodal input",
+}
 
-class CommandNotAvailableError(FwError):
-    """The command exists and its options parse, but this fw version does not implement it yet."""
 
+class RefuseAction(argparse.Action):
+    """An option fw knows from vLLM but cannot honour yet: using it is a one-line error."""
 
-def not_available(what: str) -> NoReturn:
-    raise CommandNotAvailableError(f"{what} is not available in this fw version yet")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        raise ConfigError(f"{option_string}: {UNAVAILABLE_OPTIONS[self.option_strings[0]]} is not available yet in fw")
 
 
 def add_engine_parser(
@@ -61,6 +74,8 @@ def add_engine_parser(
         "max_model_len). Options on the command line win over the file.",
     )
     add_config_arguments(parser, classes, plugins)
+    for flag in UNAVAILABLE_OPTIONS:
+        parser.add_argument(flag, action=RefuseAction, nargs="?", help=argparse.SUPPRESS)
     parser.set_defaults(command_parser=parser)
     return parser
 

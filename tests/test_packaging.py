@@ -10,6 +10,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +35,7 @@ def test_every_source_package_is_declared():
         assert folder.name in TOP_LEVEL_PACKAGES or (folder / "__init__.py").exists(), folder
 
 
+@pytest.mark.slow  # builds a wheel
 def test_non_editable_wheel_installs_and_runs_fw_version(tmp_path):
     wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
     # Build from a copy: building in place leaves an fw.egg-info in the checkout, whose stale

@@ -40,6 +40,7 @@ class EngineConfig:
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
 
     def __post_init__(self) -> None:
+        self._refuse_unavailable()
         model, scheduler = self.model, self.scheduler
         batched = scheduler.max_num_batched_tokens
         if batched is not None and batched < scheduler.max_num_seqs:
@@ -56,6 +57,31 @@ class EngineConfig:
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({model.max_model_len}), "
                 "so long prompts could never run; raise it, lower max_model_len, or enable chunked prefill"
             )
+
+    def _refuse_unavailable(self) -> None:
+        """Options a vLLM command line may carry that fw cannot honour yet: refused, never ignored.
+
+        Each feature's issue removes its line here when it lands.
+        """
+        parallel, lora = self.parallel, self.lora
+        for flag, size, what in (("--tensor-parallel-size", parallel.tensor_parallel_size, "tensor parallelism"),
+                                 ("--pipeline-parallel-size", parallel.pipeline_parallel_size, "pipeline parallelism"),
+                                 ("--data-parallel-size", parallel.data_parallel_size, "data parallelism")):
+            if size > 1:
+                raise ConfigError(f"{what} is not available yet in fw ({flag} {size}); fw runs a model on one device")
+        defaults = LoRAConfig()
+        lora_flags = [flag for flag, is_set in (
+            ("--enable-lora", lora.enable_lora), ("--lora-modules", lora.lora_modules is not None),
+            ("--max-loras", lora.max_loras != defaults.max_loras),
+            ("--max-lora-rank", lora.max_lora_rank != defaults.max_lora_rank)) if is_set]
+        if lora_flags:
+            raise ConfigError(f"LoRA adapters are not available yet in fw ({', '.join(lora_flags)})")
+        if self.cache.kv_cache_dtype != "auto":
+            raise ConfigError(f"--kv-cache-dtype {self.cache.kv_cache_dtype} is not available yet in fw; "
+                              "the KV cache is stored in the model's dtype (auto)")
+        if self.model.tokenizer_mode != "auto":
+            raise ConfigError(f"--tokenizer-mode {self.model.tokenizer_mode} is not available yet in fw; "
+                              "it uses the model's fast tokenizer (auto)")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> EngineConfig:

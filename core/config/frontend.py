@@ -71,5 +71,10 @@ class FrontendConfig(ConfigBase):
             raise ConfigError(f"max_log_len must be 0 or more, got {self.max_log_len}")
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
             raise ConfigError("enable_auto_tool_choice needs a tool_call_parser (--tool-call-parser)")
+        if self.tool_call_parser is not None:
+            # Refused rather than ignored: the server does not run tool parsers yet, so
+            # every response would carry tool_calls: [].
+            raise ConfigError(f"tool-call parsing is not available yet in fw (--tool-call-parser "
+                              f"{self.tool_call_parser})")
         if not self.response_role.strip():
             raise ConfigError("response_role must not be empty")

@@ -37,8 +37,8 @@ class ModelConfig(ConfigBase):
     tokenizer: str | None = option(
         None, help="Name or path of the tokenizer to use. Defaults to the model's own tokenizer."
     )
-    tokenizer_mode: Literal["auto", "slow"] = option(
-        "auto", help="'auto' uses the fast tokenizer when there is one; 'slow' always uses the slow one."
+    tokenizer_mode: Literal["auto", "slow", "mistral", "custom"] = option(
+        "auto", help="'auto' uses the model's fast tokenizer; vLLM's other modes are not available yet."
     )
     revision: str | None = option(
         None, help="The model version to use from a hub: a branch, a tag or a commit id. Defaults to main."
@@ -76,7 +76,8 @@ class ModelConfig(ConfigBase):
         20, help="The most log-probabilities a request may ask for per token (logprobs and prompt_logprobs)."
     )
     enforce_eager: bool = option(
-        False, help="Always run the model eagerly: no CUDA graphs and no torch.compile."
+        False, help="Always run the model eagerly: no CUDA graphs and no torch.compile. fw runs every "
+        "model eagerly today, so this is always in effect."
     )
 
     def validate(self) -> None:

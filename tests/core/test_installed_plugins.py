@@ -1,4 +1,8 @@
-"""Plugins installed for real: the example package from examples/, and broken distributions."""
+"""Plugins installed for real: the example package from examples/, and broken distributions.
+
+Each is installed into a throwaway directory put on PYTHONPATH for the ``fw`` processes the
+tests start, never into the environment running the tests.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # pip installs and fw processes
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fw-example-plugin"
@@ -31,26 +37,31 @@ def plugin_records(env: dict[str, str] | None = None) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def example_plugin_installed(tmp_path_factory):
-    """pip-installs examples/fw-example-plugin into this environment, and removes it afterwards."""
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "install", "--no-deps", "--quiet", str(EXAMPLE)], check=True, timeout=300,
-                   cwd=tmp_path_factory.mktemp("pip"))
-    try:
-        yield
-    finally:
-        subprocess.run([*pip, "uninstall", "--yes", "--quiet", "fw-example-plugin"], check=True, timeout=120)
+def example_plugin_installed(tmp_path_factory) -> dict[str, str]:
+    """pip-installs examples/fw-example-plugin for real, into a throwaway target directory (never
+    into the running environment); returns the environment under which fw sees it."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
+                    str(EXAMPLE)], check=True, timeout=300, cwd=tmp_path_factory.mktemp("pip"))
+    return {"PYTHONPATH": str(target)}
+
+
+def test_the_running_environment_does_not_have_the_example_plugin(example_plugin_installed):
+    assert "example" not in plugin_records()
+    import importlib.util
+
+    assert importlib.util.find_spec("fw_example_plugin") is None
 
 
 def test_example_plugin_shows_in_plugins_list(example_plugin_installed):
-    record = plugin_records()["example"]
+    record = plugin_records(example_plugin_installed)["example"]
     assert record["distribution"] == "fw-example-plugin"
     assert record["version"] == "0.1.0"
     assert record["status"] == "loaded"
     assert record["builtin"] is False
     assert set(record["provides"]) == {"reasoning parser: example-think", "model source: example"}
 
-    table = run_fw("plugins", "list").stdout
+    table = run_fw("plugins", "list", env=example_plugin_installed).stdout
     line = next(line for line in table.splitlines() if line.split() and line.split()[0] == "example")
     assert "fw-example-plugin" in line and "loaded" in line
 
@@ -72,7 +83,7 @@ def test_example_plugin_is_selected_by_name(example_plugin_installed, tmp_path):
         server = subprocess.Popen(
             [*FW, "serve", "example://tiny-llama", "--reasoning-parser", "example-think", "--host", "127.0.0.1",
              "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "FW_CACHE_DIR": str(tmp_path)})
+            env={**os.environ, **example_plugin_installed, "FW_CACHE_DIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -91,16 +102,20 @@ def test_example_plugin_is_selected_by_name(example_plugin_installed, tmp_path):
     assert "Traceback" not in log.read_text()
     assert (tmp_path / "example-plugin" / "tiny-llama" / "config.json").is_file()
 
-    rejected = run_fw("serve", "example://tiny-llama", "--reasoning-parser", "nope", check=False)
+    rejected = run_fw("serve", "example://tiny-llama", "--reasoning-parser", "nope", env=example_plugin_installed,
+                      check=False)
     assert rejected.returncode != 0
     assert "example-think" in rejected.stderr  # the error lists what is available
 
 
 def test_example_plugin_can_be_blocked_or_left_out(example_plugin_installed):
-    assert plugin_records({"FW_BLOCKED_PLUGINS": "example"})["example"]["status"] == "blocked"
-    assert plugin_records({"FW_PLUGINS": "other"})["example"]["status"] == "disabled"
-    assert plugin_records({"FW_DISABLE_PLUGIN_AUTOLOAD": "1"})["example"]["status"] == "disabled"
-    assert plugin_records({"FW_DISABLE_PLUGIN_AUTOLOAD": "1", "FW_PLUGINS": "example"})["example"]["status"] == "loaded"
+    def status(**env: str) -> str:
+        return plugin_records({**example_plugin_installed, **env})["example"]["status"]
+
+    assert status(FW_BLOCKED_PLUGINS="example") == "blocked"
+    assert status(FW_PLUGINS="other") == "disabled"
+    assert status(FW_DISABLE_PLUGIN_AUTOLOAD="1") == "disabled"
+    assert status(FW_DISABLE_PLUGIN_AUTOLOAD="1", FW_PLUGINS="example") == "loaded"
 
 
 def write_distribution(site: Path, dist: str, entry_points: str, modules: dict[str, str]) -> None:

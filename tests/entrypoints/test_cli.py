@@ -210,3 +210,62 @@ def test_vllm_style_api_server_module_runs_fw_serve(tmp_path: Path) -> None:
                             timeout=120)
     assert failed.returncode == 1
     assert failed.stderr.strip().count("\n") == 0 and str(missing) in failed.stderr, failed.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-tp", "2"], "tensor parallelism is not available yet in fw (--tensor-parallel-size 2); "
+                   "fw runs a model on one device"),
+    (["--pipeline-parallel-size", "3"], "pipeline parallelism is not available yet in fw (--pipeline-parallel-size "
+                                        "3); fw runs a model on one device"),
+    (["-dp", "2"], "data parallelism is not available yet in fw (--data-parallel-size 2); "
+                   "fw runs a model on one device"),
+    (["--enable-lora", "--lora-modules", "sql=/adapters/sql"],
+     "LoRA adapters are not available yet in fw (--enable-lora, --lora-modules)"),
+    (["--max-lora-rank", "64"], "LoRA adapters are not available yet in fw (--max-lora-rank)"),
+    (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype fp8 is not available yet in fw; the KV cache is stored in the "
+                                  "model's dtype (auto)"),
+    (["--tokenizer-mode", "mistral"], "--tokenizer-mode mistral is not available yet in fw; it uses the model's fast "
+                                      "tokenizer (auto)"),
+    (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}'],
+     "--speculative-config: speculative decoding is not available yet in fw"),
+    (["--enable-expert-parallel"], "--enable-expert-parallel: expert parallelism is not available yet in fw"),
+    (["--distributed-executor-backend", "ray"],
+     "--distributed-executor-backend: distributed executors (worker processes, Ray) is not available yet in fw"),
+])
+def test_features_fw_lacks_are_refused_at_start_up_in_one_line(run_fw, tiny_llama, argv, message) -> None:
+    result = run_fw("serve", str(tiny_llama.path), "--port", "0", *argv)
+    assert (result.code, result.err, result.out) == (2, f"fw: error: {message}\n", "")
+
+
+def test_a_tool_parser_from_a_plugin_is_refused_until_the_server_runs_parsers(run_fw, tiny_llama) -> None:
+    from fw.core.hookspecs import hookimpl
+    from fw.core.interfaces import ExtractedToolCalls, ToolParser
+    from fw.core.plugins import load_plugins
+
+    class EchoToolParser(ToolParser):
+        name = "echo"
+
+        def extract_tool_calls(self, model_output):
+            return ExtractedToolCalls(tools_called=False, tool_calls=[], content=model_output)
+
+        def extract_tool_calls_streaming(self, previous_text, current_text, delta_text):
+            return None
+
+    class EchoPlugin:
+        @hookimpl
+        def fw_register_tool_parsers(self, registry):
+            registry.register(EchoToolParser.name, EchoToolParser)
+
+    plugins = load_plugins(env={"FW_PLUGINS": "echo"}, extra=[("echo", EchoPlugin())])
+    result = run_fw("serve", str(tiny_llama.path), "--port", "0", "--enable-auto-tool-choice",
+                    "--tool-call-parser", "echo", plugins=plugins)
+    assert (result.code, result.err) == (2, "fw: error: tool-call parsing is not available yet in fw "
+                                            "(--tool-call-parser echo)\n")
+
+
+def test_the_offline_api_refuses_the_same_options() -> None:
+    from fw import LLM
+    from fw.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^tensor parallelism is not available yet in fw"):
+        LLM("unused", tensor_parallel_size=2)
