@@ -173,14 +173,11 @@ def engine_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def model_info_from_llm(llm: LLM, plugins: Plugins) -> ModelInfo:
+def model_info_from_llm(llm: LLM) -> ModelInfo:
     """The model an fw engine loaded, so the HF backend loads the very same files."""
-    from fw.core.model_files import select_weight_loader
-
-    loaded = llm.engine.loaded
-    loader = select_weight_loader(plugins, llm.engine.config.load.load_format, loaded.resolved.path)
-    return ModelInfo(loaded.resolved.path, loader.name, loaded.hf_config, loaded.tokenizer, loaded.dtype,
-                     loaded.device, loaded.max_model_len)
+    info = llm.engine.info
+    return ModelInfo(info.path, info.load_format, info.hf_config, info.tokenizer, info.dtype, info.device,
+                     info.max_model_len)
 
 
 def inspect_model(values: dict[str, Any], plugins: Plugins) -> ModelInfo:
@@ -241,7 +238,7 @@ def run_throughput(args: argparse.Namespace, plugins: Plugins) -> int:
     output_range = length_range(args.output_len, args.random_range_ratio, args.output_len_range, "output")
     backends = ["fw", "hf"] if args.backend == "both" else [args.backend]
     llm = LLM(plugins=plugins, **values) if "fw" in backends else None
-    info = model_info_from_llm(llm, plugins) if llm is not None else inspect_model(values, plugins)
+    info = model_info_from_llm(llm) if llm is not None else inspect_model(values, plugins)
     requests = random_requests(args.num_prompts, input_range, output_range,
                                sample_token_ids(info.tokenizer, vocab_size(info)), values["seed"])
     check_fits(requests, info.max_model_len)
@@ -301,7 +298,7 @@ def run_latency(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.num_iters_warmup < 0:
         raise ConfigError(f"--num-iters-warmup must be 0 or more, got {args.num_iters_warmup}")
     llm = LLM(plugins=plugins, **values)
-    info = model_info_from_llm(llm, plugins)
+    info = model_info_from_llm(llm)
     allowed_ids = sample_token_ids(info.tokenizer, vocab_size(info))
     detokenize = not args.disable_detokenize
 

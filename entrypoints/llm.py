@@ -1,17 +1,22 @@
-"""The offline API: ``fw.LLM`` and ``generate`` / ``chat``, shaped like vLLM's."""
+"""The offline API: ``fw.LLM`` and ``generate`` / ``chat``, shaped like vLLM's.
+
+Requests run as ``RequestOutputKind.FINAL_ONLY`` (the engine hands each one over once, when
+it finishes), and the results are the whole outputs, as vLLM's ``LLM`` returns them.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 from tqdm import tqdm
 
 from fw.core.config.engine import EngineConfig
 from fw.core.engine.llm_engine import LLMEngine
 from fw.core.engine.outputs import RequestOutput
-from fw.core.engine.sampling_params import SamplingParams
+from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 from fw.core.plugins import Plugins
+from fw.entrypoints.chat_utils import load_chat_template, render_chat_prompt
 
 #: A prompt: text, or vLLM's TokensPrompt ``{"prompt_token_ids": [...]}`` / TextPrompt ``{"prompt": "..."}``.
 PromptType = Union[str, dict[str, Any]]
@@ -29,7 +34,7 @@ class LLM:
         self.engine = LLMEngine(config, plugins)
 
     def get_tokenizer(self) -> Any:
-        return self.engine.tokenizer
+        return self.engine.info.tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:
         return self.engine.default_sampling_params()
@@ -56,7 +61,8 @@ class LLM:
         try:
             for i, (prompt, params) in enumerate(zip(prompts, params_list)):
                 request_id = self.engine.new_request_id()
-                self.engine.add_request(request_id, _prompt_input(prompt), params,
+                self.engine.add_request(request_id, _prompt_input(prompt),
+                                        params.clone(output_kind=RequestOutputKind.FINAL_ONLY),
                                         priority=priority[i] if priority else 0)
                 request_ids.append(request_id)
         except Exception:
@@ -72,15 +78,14 @@ class LLM:
         start, num_prompt_tokens, num_output_tokens = time.perf_counter(), 0, 0
         with bar:
             while self.engine.has_unfinished_requests():
-                for output in self.engine.step():
-                    if output.finished:
-                        finished[output.request_id] = output
-                        num_prompt_tokens += len(output.prompt_token_ids)
-                        num_output_tokens += sum(len(o.token_ids) for o in output.outputs)
-                        elapsed = time.perf_counter() - start
-                        bar.set_postfix_str(f"input: {num_prompt_tokens / elapsed:.1f} tok/s, "
-                                            f"output: {num_output_tokens / elapsed:.1f} tok/s", refresh=False)
-                        bar.update(1)
+                for output in self.engine.step():  # FINAL_ONLY: each is a finished request
+                    finished[output.request_id] = output
+                    num_prompt_tokens += len(output.prompt_token_ids)
+                    num_output_tokens += sum(len(o.token_ids) for o in output.outputs)
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix_str(f"input: {num_prompt_tokens / elapsed:.1f} tok/s, "
+                                        f"output: {num_output_tokens / elapsed:.1f} tok/s", refresh=False)
+                    bar.update(1)
         return [finished[request_id] for request_id in request_ids]
 
     def chat(
@@ -93,24 +98,24 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        chat_template_content_format: Literal["auto", "string", "openai"] = "auto",
     ) -> list[RequestOutput]:
-        """Render each conversation with the chat template, then generate."""
+        """Render each conversation as ``fw serve`` renders a chat request, then generate.
+
+        ``chat_template`` is a template or a file holding one (as ``--chat-template``); the
+        same conversation gives the same prompt token ids here and over HTTP.
+        """
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        tokenizer = self.get_tokenizer()
+        template = load_chat_template(chat_template)
         prompts = []
         for conversation in conversations:
-            token_ids = tokenizer.apply_chat_template(
-                conversation,
-                chat_template=chat_template,
+            _, token_ids = render_chat_prompt(
+                self.get_tokenizer(), conversation, chat_template=template,
+                content_format=chat_template_content_format,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
-                continue_final_message=continue_final_message,
-                tools=tools,
-                tokenize=True,
-                **(chat_template_kwargs or {}),
-            )
-            if isinstance(token_ids, dict) or hasattr(token_ids, "input_ids"):
-                token_ids = token_ids["input_ids"]
-            prompts.append({"prompt_token_ids": list(token_ids)})
+                continue_final_message=continue_final_message, tools=tools,
+                chat_template_kwargs=chat_template_kwargs)
+            prompts.append({"prompt_token_ids": token_ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
 

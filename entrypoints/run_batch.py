@@ -171,7 +171,7 @@ async def _run_batch(config: EngineConfig, plugins: Plugins, lines: list[BatchRe
         return [_invalid_output(line) for line in lines if isinstance(line, InvalidLine)]
     engine = AsyncEngine.from_config(config, plugins)
     try:
-        served_names = config.model.served_model_name or (engine.engine.served_name,)
+        served_names = config.model.served_model_name or (engine.info.served_name,)
         # run-batch has no HTTP server: the frontend options that matter to handlers keep their defaults.
         serving = OpenAIServing(engine, served_names, FrontendConfig(), plugins)
         return await run_lines(serving, lines)

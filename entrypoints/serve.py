@@ -25,6 +25,7 @@ from fw.entrypoints.commands import config_values
 from fw.core.errors import FwError
 
 if TYPE_CHECKING:
+    from fw.core.engine.info import EngineInfo
     from fw.core.engine.llm_engine import LLMEngine
     from fw.core.plugins import Plugins
 
@@ -32,32 +33,26 @@ if TYPE_CHECKING:
 API_KEY_ENV = "FW_API_KEY"
 
 
-def describe_engine(engine: LLMEngine, served_names: tuple[str, ...]) -> str:
+def describe_engine(info: EngineInfo, config: EngineConfig, served_names: tuple[str, ...]) -> str:
     """The start-up summary: what is served, from where, on what, and how big the cache is."""
     from fw.core.engine.loading import checkpoint_dtype
 
-    loaded = engine.loaded
-    model_cls = type(loaded.model)
-    num_params = loaded.num_params
-    num_tensors = sum(1 for _ in loaded.model.parameters())
-    stored = checkpoint_dtype(loaded.hf_config)
-    chosen = "given by --dtype" if engine.config.model.dtype != "auto" else f"auto: the {loaded.platform.name} platform's choice"
-    bm = engine.block_manager
+    stored = checkpoint_dtype(info.hf_config)
+    chosen = "given by --dtype" if config.model.dtype != "auto" else f"auto: the {info.platform} platform's choice"
     rows = [
         ("served model name", ", ".join(served_names)),
-        ("model path", str(loaded.resolved.path)),
-        ("source", loaded.resolved.source),
-        ("platform", loaded.platform.name),
-        ("load format", loaded.load_format),
-        ("architecture", f"{', '.join(loaded.hf_config.architectures or ())} "
-                         f"(implemented by {model_cls.__module__}.{model_cls.__qualname__})"),
-        ("checkpoint dtype", _stored_format(stored, loaded.hf_config)),
-        ("dtype", f"{str(loaded.dtype).removeprefix('torch.')} ({chosen})"),
-        ("parameters", f"{num_params:,} in {num_tensors} tensors (loaded in {loaded.load_seconds:.1f} s)"),
-        ("max model len", str(engine.max_model_len)),
-        ("kv cache", f"{bm.num_blocks} blocks of {bm.block_size} tokens"),
-        ("quantization", loaded.quantization or "none"),
-        ("tokenizer", f"{type(engine.tokenizer).__name__}, {len(engine.tokenizer)} tokens"),
+        ("model path", str(info.path)),
+        ("source", info.source),
+        ("platform", info.platform),
+        ("load format", info.load_format),
+        ("architecture", f"{', '.join(info.architectures)} (implemented by {info.implementation})"),
+        ("checkpoint dtype", _stored_format(stored, info.hf_config)),
+        ("dtype", f"{str(info.dtype).removeprefix('torch.')} ({chosen})"),
+        ("parameters", f"{info.num_params:,} in {info.num_tensors} tensors (loaded in {info.load_seconds:.1f} s)"),
+        ("max model len", str(info.max_model_len)),
+        ("kv cache", f"{info.num_kv_blocks} blocks of {info.block_size} tokens"),
+        ("quantization", info.quantization or "none"),
+        ("tokenizer", f"{type(info.tokenizer).__name__}, {len(info.tokenizer)} tokens"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows) + "\n"
@@ -95,8 +90,9 @@ def run_serve(args: argparse.Namespace, plugins: Plugins) -> int:
         from fw.core.engine.llm_engine import LLMEngine  # torch: after the quick checks
 
         engine = LLMEngine(config, plugins)
-        served_names = config.model.served_model_name or (engine.served_name,)
-        print(f"fw serve: the engine is ready:\n{describe_engine(engine, served_names)}", end="", flush=True)
+        served_names = config.model.served_model_name or (engine.info.served_name,)
+        print(f"fw serve: the engine is ready:\n{describe_engine(engine.info, config, served_names)}", end="",
+              flush=True)
         return serve_engine(engine, config, frontend, tuple(served_names), plugins, sock)
     finally:
         sock.close()

@@ -2,9 +2,10 @@
 add, SiLU-and-multiply, neox rotary embedding, and temperature sampling.
 
 Each replaces a chain of small torch ops, whose dispatch and temporaries dominate a decode
-step on a CPU once the matmuls are done. ``supports(tensor)`` says whether a tensor can take
-the fast path (on the CPU, float32 or bfloat16, the library built); callers keep the torch
-composition for everything else. ``FW_CPU_OPS=0`` turns the fast path off.
+step on a CPU once the matmuls are done. The CPU platform decides once, when a model is
+built, whether its ops are these (``CpuPlatform.ops``); the wrappers check each call's
+dtypes and strides and raise rather than read memory wrongly. ``supports(tensor)`` says
+whether tensors can take them. ``FW_CPU_OPS=0`` turns them off.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def supports(*tensors: torch.Tensor) -> bool:
             and all(t.dtype == first.dtype and t.stride(-1) == 1 for t in tensors) and load() is not None)
 
 
+def _check_args(name: str, *tensors: torch.Tensor) -> None:
+    """The C ops read rows of one dtype with a contiguous last dimension."""
+    dtype = tensors[0].dtype
+    if dtype not in DTYPES or any(t.dtype != dtype or t.stride(-1) != 1 for t in tensors):
+        raise ValueError(f"the C op {name} takes float32 or bfloat16 tensors of one dtype with a contiguous last "
+                         f"dimension, got {[t.dtype for t in tensors]}")
+
+
 def _check(status: int, name: str) -> None:
     if status != 0:
         raise ValueError(f"the C op {name} refused its arguments (a row longer than 16384 values) or ran out of memory")
@@ -58,8 +67,9 @@ def _check(status: int, name: str) -> None:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
     """RMSNorm of ``x: [T, D]``; with ``residual``, of ``x + residual``, which is also written
     into ``residual`` (in place)."""
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     weight = weight.contiguous()
+    _check_args("rms_norm", x, weight, *([] if residual is None else [residual]))
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     status = load().rms_norm(
         x.data_ptr(), x.stride(0), residual.data_ptr() if residual is not None else None,
         residual.stride(0) if residual is not None else 0, weight.data_ptr(), out.data_ptr(), out.stride(0),
@@ -70,6 +80,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """``gate_up: [T, 2I]`` -> ``silu(gate_up[:, :I]) * gate_up[:, I:]``."""
+    _check_args("silu_and_mul", gate_up)
     num_rows, dim = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty(num_rows, dim, dtype=gate_up.dtype)
     status = load().silu_and_mul(gate_up.data_ptr(), gate_up.stride(0), out.data_ptr(), out.stride(0), num_rows, dim,
@@ -80,6 +91,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 def rotary_neox_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """Rotate ``q: [T, Hq, D]`` and ``k: [T, Hk, D]`` in place; ``cos, sin: [T, D/2]`` share a row stride."""
+    _check_args("rotary_neox", q, k, cos, sin)
     if cos.stride(0) != sin.stride(0):
         raise ValueError("cos and sin must share their row stride")
     status = load().rotary_neox(
@@ -92,6 +104,7 @@ def rotary_neox_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One token per row of ``logits: [N, V]`` (float32 or bfloat16): argmax where ``temperature <= 0``,
     else the inverse-CDF draw at ``uniform`` (in [0, 1)) from ``softmax(logits / temperature)``."""
+    _check_args("sample_rows", logits)
     temperature = temperature.to(torch.float32).contiguous()
     uniform = uniform.to(torch.float32).contiguous()
     out = torch.empty(logits.shape[0], dtype=torch.long)

@@ -1,1 +1,1 @@
-"""Attention backends. The platform names which one the model runner builds."""
+"""Attention backends in plain torch; platforms return theirs from ``Platform.attention_backend()``."""

@@ -1,9 +1,9 @@
-"""Paged attention in plain torch (the CPU platform's backend).
+"""Paged attention in plain torch: any platform's fallback, and the base of the CPU's backend.
 
 Fast paths, all exact: a prefill with nothing cached attends over its own new keys with
-one causal SDPA call; all decodes of a step go through one batched SDPA over their
+one causal SDPA call; the decodes of a step go through batched SDPA calls over their
 gathered blocks; prefill chunks that continue a cached prefix gather their context and
-run one SDPA each.
+run one SDPA each. The CPU platform's subclass replaces ``_decode`` with its C kernel.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import torch.nn.functional as F
 
 from fw.core.forward_context import AttentionMetadata
 from fw.core.interfaces.attention import AttentionBackend
-from fw.kernels import cpu_attention
-from fw.kernels.reference import gather_kv_ref
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -22,6 +20,15 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
     num_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
     kv_cache[0].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
     kv_cache[1].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``seq_len`` keys and values of one sequence: two ``[seq_len, num_kv_heads, head_dim]``."""
+    block_size = kv_cache.shape[2]
+    positions = torch.arange(seq_len, device=kv_cache.device)
+    blocks = block_table[positions // block_size].long()
+    offsets = positions % block_size
+    return kv_cache[0, blocks, offsets], kv_cache[1, blocks, offsets]
 
 
 #: Decodes attended together in one SDPA call (see TorchAttentionBackend._decode).
@@ -36,11 +43,6 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
-
-    def __init__(self) -> None:
-        # The C decode kernel reads the paged cache in place; without a C compiler, or for
-        # dtypes it lacks, decodes go through gathered copies and SDPA instead.
-        self.decode_kernel = cpu_attention.load() is not None
 
     def forward(self, query, key, value, kv_cache, metadata: AttentionMetadata, scale, sliding_window=None):
         write_kv(key, value, kv_cache, metadata.slot_mapping)
@@ -66,7 +68,7 @@ class TorchAttentionBackend(AttentionBackend):
                 k, v = key[start:end], value[start:end]
                 mask, causal = None, True
             else:
-                k, v = gather_kv_ref(kv_cache, metadata.block_tables[s], seq_len)
+                k, v = gather_kv(kv_cache, metadata.block_tables[s], seq_len)
                 q_pos = torch.arange(seq_len - query_len, seq_len).unsqueeze(1)
                 k_pos = torch.arange(seq_len).unsqueeze(0)
                 mask = k_pos <= q_pos
@@ -79,21 +81,6 @@ class TorchAttentionBackend(AttentionBackend):
         return out
 
     def _decode(self, query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out) -> None:
-        if self.decode_kernel and query.device.type == "cpu" and query.dtype in cpu_attention.DTYPES \
-                and kv_cache.dtype == query.dtype:
-            cached = metadata.backend_cache.get("decode_kernel_args")
-            if cached is None:
-                rows = torch.tensor(decodes)
-                cached = metadata.backend_cache["decode_kernel_args"] = (
-                    metadata.block_tables[rows].contiguous(), metadata.seq_lens[rows].contiguous(),
-                    torch.tensor([starts[s] for s in decodes]))
-            block_tables, lens, token_rows = cached
-            cpu_attention.paged_decode_attention(query, kv_cache, block_tables, lens, token_rows, out, scale,
-                                                 sliding_window)
-            return
-        self._decode_sdpa(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out)
-
-    def _decode_sdpa(self, query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out) -> None:
         """Single-token queries, in groups of similar context length, over their gathered blocks.
 
         Grouping by length keeps the padding (and the gathered copies) small: on the 2-core

@@ -5,6 +5,11 @@ thread through a queue; the thread drains the queue between steps, runs ``LLMEng
 and hands each request's output back to the event loop that asked for it. Torch releases the
 GIL inside its kernels, so the event loop keeps answering (``/health``, new requests) while a
 step runs.
+
+Between the threads every request's outputs travel as deltas (``RequestOutputKind.DELTA``):
+each is a fresh object the engine thread never touches again, the metrics count new tokens
+from them, and on the event loop ``generate`` merges them into what the caller's
+``output_kind`` asks for.
 """
 
 from __future__ import annotations
@@ -14,15 +19,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
 
 from fw.core.engine.outputs import RequestOutput
-from fw.core.engine.sampling_params import SamplingParams
+from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 from fw.core.errors import FwError
 
 if TYPE_CHECKING:
     from fw.core.config.engine import EngineConfig
+    from fw.core.engine.info import EngineInfo
     from fw.core.engine.llm_engine import LLMEngine
     from fw.core.plugins import Plugins
 
@@ -93,8 +99,7 @@ class AsyncEngine:
         self._progress: dict[str, _Progress] = {}
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        bm, sched = engine.block_manager, engine.scheduler
-        self._counters = (bm.num_prefix_queries, bm.num_prefix_hits, sched.num_preemptions)
+        self._last_stats = engine.stats()
 
     @classmethod
     def from_config(cls, config: EngineConfig, plugins: Plugins | None = None,
@@ -104,6 +109,15 @@ class AsyncEngine:
         return cls(LLMEngine(config, plugins), stat_loggers)
 
     # ---------------------------------------------------------------- event-loop side
+
+    @property
+    def info(self) -> EngineInfo:
+        """The engine's model and limits (:attr:`LLMEngine.info`)."""
+        return self.engine.info
+
+    def default_sampling_params(self) -> SamplingParams:
+        """The model's default sampling parameters (:meth:`LLMEngine.default_sampling_params`)."""
+        return self.engine.default_sampling_params()
 
     @property
     def is_dead(self) -> bool:
@@ -120,27 +134,41 @@ class AsyncEngine:
 
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
-        """Outputs of one request as it progresses (cumulative); the last one is finished.
+        """Outputs of one request as it progresses, as ``params.output_kind`` asks; the last one is
+        finished. Deltas that queued up while the caller was busy come merged into one output.
 
+        CUMULATIVE outputs share their lists, which keep growing (as the engine's own do).
         Leaving early (``break``, ``aclose()``, cancellation) aborts the request.
         """
         self._check_alive()
         self.start()
+        kind = params.output_kind
         stream = _Stream(asyncio.get_running_loop())
-        self._commands.put(("add", request_id, prompt, params, priority, stream))
+        self._commands.put(("add", request_id, prompt, params.clone(output_kind=RequestOutputKind.DELTA),
+                            priority, stream))
+        merged: RequestOutput | None = None
         finished = False
         try:
             while True:
                 item = await stream.queue.get()
-                while not stream.queue.empty() and not isinstance(item, BaseException):
-                    item = stream.queue.get_nowait()  # outputs are cumulative: the latest says it all
                 if isinstance(item, BaseException):
                     finished = True  # the engine already dropped it
                     raise item
-                finished = item.finished
-                yield item
+                if merged is None:
+                    merged = item
+                else:
+                    merged.add(item)
+                finished = merged.finished
+                if not stream.queue.empty() or (kind is RequestOutputKind.FINAL_ONLY and not finished):
+                    continue  # take in what else arrived first, so nothing waits behind a stale output
+                if kind is RequestOutputKind.CUMULATIVE:
+                    yield replace(merged, outputs=[replace(o) for o in merged.outputs])
+                else:
+                    yield merged
                 if finished:
                     return
+                if kind is RequestOutputKind.DELTA:
+                    merged = None
         finally:
             if not finished:
                 self.abort(request_id)
@@ -209,20 +237,12 @@ class AsyncEngine:
                 request_id = command[1]
                 if self._streams.pop(request_id, None) is not None:
                     progress = self._progress.pop(request_id, None)
-                    if progress is not None:
-                        aborted.append(self._abort_stats(request_id, progress))
-                    self.engine.abort_request(request_id)
+                    last = self.engine.abort_request(request_id)
+                    if progress is not None and last is not None:
+                        aborted.append(_finished_stats(last, "abort", progress.num_tokens, time.monotonic()))
         if aborted:
             self._record([], aborted)
         return True
-
-    def _abort_stats(self, request_id: str, progress: _Progress) -> FinishedRequestStats:
-        seqs = self.engine.requests.get(request_id) or []
-        now = time.monotonic()
-        arrival = seqs[0].arrival_time if seqs else now
-        scheduled = seqs[0].first_scheduled_time if seqs else None
-        return FinishedRequestStats("abort", now - arrival, (scheduled or now) - arrival,
-                                    seqs[0].num_prompt_tokens if seqs else 0, progress.num_tokens)
 
     def _send(self, stream: _Stream, item: RequestOutput | BaseException) -> None:
         try:
@@ -251,45 +271,48 @@ class AsyncEngine:
             self._send(stream, dead)
 
     def _record(self, outputs: list[RequestOutput], aborted: Sequence[FinishedRequestStats] = ()) -> None:
+        """Hand the stat loggers what this step changed; ``outputs`` are the step's deltas."""
         if not self.stat_loggers:
             return
-        engine = self.engine
-        bm, sched = engine.block_manager, engine.scheduler
-        counters = (bm.num_prefix_queries, bm.num_prefix_hits, sched.num_preemptions)
-        queries, hits, preemptions = (new - old for new, old in zip(counters, self._counters))
-        self._counters = counters
+        now_stats, last = self.engine.stats(), self._last_stats
+        self._last_stats = now_stats
         now = time.monotonic()
-        stats = IterationStats(now, len(sched.running), len(sched.waiting), bm.usage, queries, hits, preemptions,
-                               finished_requests=list(aborted))
+        stats = IterationStats(now, now_stats.num_running, now_stats.num_waiting, now_stats.kv_cache_usage,
+                               now_stats.prefix_cache_queries - last.prefix_cache_queries,
+                               now_stats.prefix_cache_hits - last.prefix_cache_hits,
+                               now_stats.num_preemptions - last.num_preemptions, finished_requests=list(aborted))
         for output in outputs:
             progress = self._progress.get(output.request_id)
             if progress is None:
                 continue
-            num_tokens = sum(len(o.token_ids) for o in output.outputs)
-            new_tokens = num_tokens - progress.num_tokens
-            metrics = output.metrics
+            new_tokens = sum(len(o.token_ids) for o in output.outputs)
             if new_tokens > 0:
                 if progress.num_tokens == 0:
                     stats.num_prompt_tokens += len(output.prompt_token_ids)
-                    stats.time_to_first_tokens.append(now - metrics.arrival_time)
+                    stats.time_to_first_tokens.append(now - output.metrics.arrival_time)
                 else:
                     stats.inter_token_latencies.append(now - progress.last_token_time)
                 stats.num_generation_tokens += new_tokens
-                progress.num_tokens, progress.last_token_time = num_tokens, now
+                progress.num_tokens += new_tokens
+                progress.last_token_time = now
             if output.finished:
                 del self._progress[output.request_id]
-                stats.finished_requests.append(FinishedRequestStats(
-                    finish_reason=output.outputs[0].finish_reason or "abort",
-                    e2e_latency=now - metrics.arrival_time,
-                    queue_time=(metrics.first_scheduled_time or now) - metrics.arrival_time,
-                    num_prompt_tokens=len(output.prompt_token_ids),
-                    num_generation_tokens=num_tokens,
-                ))
+                # The samples that finished last are in this delta; the first with a reason names it.
+                reason = next((o.finish_reason for o in output.outputs if o.finish_reason), "abort")
+                stats.finished_requests.append(_finished_stats(output, reason, progress.num_tokens, now))
         for stat_logger in self.stat_loggers:
             try:
                 stat_logger.record(stats)
             except Exception:  # noqa: BLE001 - metrics must never stop the engine
                 logger.exception("stat logger %r failed", stat_logger)
+
+
+def _finished_stats(output: RequestOutput, finish_reason: str, num_generation_tokens: int,
+                    now: float) -> FinishedRequestStats:
+    metrics = output.metrics
+    return FinishedRequestStats(finish_reason, now - metrics.arrival_time,
+                                (metrics.first_scheduled_time or now) - metrics.arrival_time,
+                                len(output.prompt_token_ids), num_generation_tokens)
 
 
 def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:

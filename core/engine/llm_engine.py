@@ -2,22 +2,29 @@
 
 A step reads as nano-vllm's: ``scheduler.schedule()`` -> ``runner.execute()`` ->
 ``self._postprocess()``. The serving layer and ``fw.LLM`` both drive this loop.
+
+Each step returns, per request that progressed, what its ``output_kind`` asks for (see
+:mod:`fw.core.engine.outputs`); no step copies a request's output, so a step costs the
+same at the 4,000th token as at the first. Frontends read the engine through ``info``,
+``stats()``, ``default_sampling_params()`` and the request methods only.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
-
-import torch
+from typing import Iterable
 
 from fw.core.config.engine import EngineConfig
 from fw.core.config.scheduler import DEFAULT_CHUNKED_PREFILL_TOKENS
-from fw.core.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from fw.core.engine.detokenizer import IncrementalDetokenizer
+from fw.core.engine.info import EngineInfo, EngineStats
 from fw.core.engine.loading import check_fits, kv_cache_spec, load_model, num_kv_blocks, text_config
 from fw.core.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from fw.core.engine.sampling_params import SamplingParams
+from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 from fw.core.engine.sequence import Logprob, Sequence
+from fw.core.errors import InvalidRequestError
 from fw.core.kv_cache import BlockManager
 from fw.core.plugins import Plugins, load_plugins
 from fw.core.runner.model_runner import ModelRunner, StepResult
@@ -40,7 +47,7 @@ class LLMEngine:
         sched = config.scheduler
         max_batched = sched.max_num_batched_tokens or (
             DEFAULT_CHUNKED_PREFILL_TOKENS if sched.enable_chunked_prefill else self.max_model_len)
-        peak = self._profile(max_batched, spec) if loaded.device.type == "cuda" else None
+        peak = self._profile(max_batched, spec)
         num_blocks = num_kv_blocks(config, loaded, spec, peak)
         check_fits(num_blocks, spec.block_size, self.max_model_len)
         self.runner.allocate_kv_cache(num_blocks)
@@ -51,29 +58,73 @@ class LLMEngine:
         self._prompts: dict[str, str | None] = {}
         self._counter = itertools.count()
 
-    def _profile(self, num_tokens: int, spec) -> int:
-        """Peak memory of a forward at the largest batch, with a cache just big enough for it."""
-        blocks = (num_tokens + spec.block_size - 1) // spec.block_size
-        self.runner.allocate_kv_cache(blocks)
-        torch.cuda.reset_peak_memory_stats()
-        self.runner.dummy_run(num_tokens, BlockManager(blocks, spec.block_size, False))
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        self.runner.kv_caches = []
-        torch.cuda.empty_cache()
-        return peak
+    def _profile(self, num_tokens: int, spec) -> int | None:
+        """Peak device memory of a forward at the largest batch, with a cache just big enough for
+        it, as the platform measures it (None where its KV budget does not depend on it)."""
 
-    # ---------------------------------------------------------------- requests
+        def run_forward() -> None:
+            blocks = (num_tokens + spec.block_size - 1) // spec.block_size
+            self.runner.allocate_kv_cache(blocks)
+            try:
+                self.runner.dummy_run(num_tokens, BlockManager(blocks, spec.block_size, False))
+            finally:
+                self.runner.kv_caches = []
+
+        return self.loaded.platform.profile_peak_memory(run_forward)
+
+    # ---------------------------------------------------------------- what frontends read
+
+    @functools.cached_property
+    def info(self) -> EngineInfo:
+        """The model this engine runs and its limits (built on first use: none of it changes)."""
+        loaded = self.loaded
+        model_cls = type(loaded.model)
+        return EngineInfo(
+            served_name=self.served_name,
+            model=self.config.model.model or str(loaded.resolved.path),
+            path=loaded.resolved.path,
+            source=loaded.resolved.source,
+            load_format=loaded.load_format,
+            architectures=tuple(loaded.hf_config.architectures or ()),
+            implementation=f"{model_cls.__module__}.{model_cls.__qualname__}",
+            hf_config=loaded.hf_config,
+            tokenizer=self.tokenizer,
+            platform=loaded.platform.name,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            quantization=loaded.quantization,
+            num_params=loaded.num_params,
+            num_tensors=sum(1 for _ in loaded.model.parameters()),
+            load_seconds=loaded.load_seconds,
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            num_kv_blocks=self.block_manager.num_blocks,
+            block_size=self.block_manager.block_size,
+        )
+
+    def stats(self) -> EngineStats:
+        """The engine's load now, for metrics and the stats log."""
+        bm, scheduler = self.block_manager, self.scheduler
+        return EngineStats(len(scheduler.running), len(scheduler.waiting), bm.usage, bm.num_prefix_queries,
+                           bm.num_prefix_hits, scheduler.num_preemptions)
 
     def default_sampling_params(self) -> SamplingParams:
+        """The model's defaults (its generation_config.json, unless ``--generation-config vllm``)."""
         return SamplingParams(**self.loaded.generation_defaults)
+
+    # ---------------------------------------------------------------- requests
 
     def new_request_id(self) -> str:
         return str(next(self._counter))
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
                     priority: int = 0) -> None:
-        """Queue a request. Invalid input raises ``ValueError`` before it takes any memory."""
+        """Queue a request. Invalid input raises ``InvalidRequestError`` (a ``ValueError`` naming the
+        field in its ``param``) before it takes any memory.
+
+        Without ``max_tokens`` the output may run to the end of the context, or to the model's
+        generation_config ``max_new_tokens`` when it has one.
+        """
         params = params or self.default_sampling_params()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -82,15 +133,18 @@ class LLMEngine:
         else:
             prompt_text, token_ids = None, list(prompt)
         self._validate(token_ids, params)
-        max_tokens = params.max_tokens or self.max_model_len - len(token_ids)
+        room = self.max_model_len - len(token_ids)
+        max_tokens = params.max_tokens or min(room, self.loaded.generation_defaults.get("max_tokens") or room)
         params = params.clone(max_tokens=max_tokens,
                               _eos_token_ids=() if params.ignore_eos else self.loaded.eos_token_ids)
         leader = None
         seqs = []
         for index in range(params.n):
             seq = Sequence(request_id, token_ids, params, index=index, priority=priority, leader=leader)
-            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens,
-                                                     params.spaces_between_special_tokens)
+            if params.detokenize:
+                seq.detokenizer = IncrementalDetokenizer(
+                    self.tokenizer, token_ids, params.skip_special_tokens, params.spaces_between_special_tokens,
+                    params.stop, params.include_stop_str_in_output)
             leader = leader or seq
             seqs.append(seq)
             self.scheduler.add(seq)
@@ -98,32 +152,55 @@ class LLMEngine:
         self._prompts[request_id] = prompt_text
 
     def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        """Every limit a request must meet, checked here and nowhere else (the server relies on it)."""
         if not token_ids:
-            raise ValueError("the prompt is empty")
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of vocabulary (0 to {self.vocab_size - 1})")
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        self._check_token_ids("prompt", token_ids)
         if len(token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens, but the model's context length is "
-                             f"{self.max_model_len}; shorten the prompt")
+            raise InvalidRequestError(f"the prompt has {len(token_ids)} tokens, but the model's context length is "
+                                      f"{self.max_model_len}; shorten the prompt", "prompt")
         if params.max_tokens is not None and len(token_ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
                 f"{len(token_ids) + params.max_tokens} ({len(token_ids)} in the prompt, {params.max_tokens} "
                 "to generate); reduce the prompt or max_tokens")
+        # Each of the n samples is a sequence: more than one step runs could never run together.
+        max_num_seqs = self.config.scheduler.max_num_seqs
+        if params.n > max_num_seqs:
+            raise InvalidRequestError(f"n is {params.n}, more than the maximum of {max_num_seqs} (--max-num-seqs)",
+                                      "n")
         limit = self.config.model.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > limit:
-                raise ValueError(f"{name} is {value}, more than the maximum of {limit} (--max-logprobs)")
+                raise InvalidRequestError(f"{name} is {value}, more than the maximum of {limit} (--max-logprobs)",
+                                          name)
+        self._check_token_ids("logit_bias", params.logit_bias or {})
+        self._check_token_ids("allowed_token_ids", params.allowed_token_ids or [])
+        self._check_token_ids("stop_token_ids", params.stop_token_ids)  # min_tokens masks them in the logits
 
-    def abort_request(self, request_id: str) -> None:
-        """Stop a request now and free every block it holds."""
-        for seq in self.requests.pop(request_id, []):
+    def _check_token_ids(self, field: str, token_ids: Iterable[int]) -> None:
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise InvalidRequestError(f"{field} contains token id {token_id}, which is out of vocabulary "
+                                          f"(0 to {self.vocab_size - 1})", field)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free every block it holds.
+
+        Returns its last output (finish reason "abort", in the request's output kind), or None
+        when there is no such request (it finished already, or never was).
+        """
+        seqs = self.requests.get(request_id)
+        if seqs is None:
+            return None
+        aborted: list[tuple[Sequence, str, int]] = []
+        for seq in seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
                 self.scheduler.finish(seq)
-        self._prompts.pop(request_id, None)
+                aborted.append((seq, seq.detokenizer.finish() if seq.detokenizer else "", 0))
+        return self._output(request_id, aborted)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -131,7 +208,8 @@ class LLMEngine:
     # ---------------------------------------------------------------- step
 
     def step(self) -> list[RequestOutput]:
-        """Run one step; return an output for every request that progressed (finished ones last time)."""
+        """Run one step; return an output for each request that sampled a token, as its
+        ``output_kind`` asks (a FINAL_ONLY request has one, when it finishes)."""
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -140,20 +218,21 @@ class LLMEngine:
             seq.first_scheduled_time = seq.first_scheduled_time or now
         result = self.runner.execute(batch, self.block_manager)
         self.scheduler.postprocess(batch)
-        touched = self._postprocess(result)
-        return [self._output(request_id) for request_id in touched]
+        progressed = self._postprocess(result)
+        outputs = (self._output(request_id, items) for request_id, items in progressed.items())
+        return [output for output in outputs if output is not None]
 
-    def _postprocess(self, result: StepResult) -> list[str]:
-        touched: dict[str, None] = {}
+    def _postprocess(self, result: StepResult) -> dict[str, list[tuple[Sequence, str, int]]]:
+        """Append the sampled tokens; per request, each sequence that got one: (sequence, new text, 1)."""
         for seq, start, positions in result.prompt_logprobs:
             # Index i of seq.prompt_logprobs is prompt token i (the first has none). After a
             # preemption the same positions are computed again: keep only the new ones.
             if not seq.prompt_logprobs:
                 seq.prompt_logprobs = [None]
             seq.prompt_logprobs += positions[len(seq.prompt_logprobs) - (start + 1):]
-            touched[seq.request_id] = None
+        progressed: dict[str, list[tuple[Sequence, str, int]]] = {}
         if result.sampled is None:
-            return list(touched)
+            return progressed
         sampled = result.sampled
         token_ids = sampled.token_ids.tolist()
         sampled_lp = sampled.sampled_logprobs.tolist() if sampled.sampled_logprobs is not None else None
@@ -172,64 +251,86 @@ class LLMEngine:
                 for rank in range(seq.params.logprobs):
                     entry.setdefault(top_ids[row][rank], Logprob(top_lp[row][rank], rank + 1))
                 seq.logprobs.append(entry)
-            self._check_stop(seq, token)
+                seq.cumulative_logprob += sampled_lp[row]
+            text = self._check_stop(seq, token)
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
-            touched[seq.request_id] = None
-        return list(touched)
+            progressed.setdefault(seq.request_id, []).append((seq, text, 1))
+        return progressed
 
-    def _check_stop(self, seq: Sequence, token: int) -> None:
-        params = seq.params
+    def _check_stop(self, seq: Sequence, token: int) -> str:
+        """Finish the sequence if ``token`` ends it; return the text the token releases.
+
+        Stop strings are found (and the text cut) by the detokenizer, which never releases text
+        a stop string could still cut.
+        """
+        params, detokenizer = seq.params, seq.detokenizer
         may_stop = seq.num_output_tokens > params.min_tokens
         is_stop_token = may_stop and (token in params._eos_token_ids or token in params.stop_token_ids)
-        if params.detokenize and (not is_stop_token or params.include_stop_str_in_output):
-            delta = seq.detokenizer.add_token(token)
-            if delta and params.stop and may_stop:
-                found = find_stop_string(seq.detokenizer.text, len(delta), params.stop)
-                if found:
-                    stop, index = found
-                    end = index + len(stop) if params.include_stop_str_in_output else index
-                    seq.detokenizer.text = seq.detokenizer.text[:end]
-                    seq.finish_reason, seq.stop_reason = "stop", stop
-                    return
+        text = ""
+        if detokenizer is not None and (not is_stop_token or params.include_stop_str_in_output):
+            text = detokenizer.add_token(token, check_stop=may_stop)
+            if detokenizer.stop_string is not None:
+                seq.finish_reason, seq.stop_reason = "stop", detokenizer.stop_string
+                return text
         if is_stop_token:
             seq.finish_reason = "stop"
             seq.stop_reason = None if token in params._eos_token_ids else token
         elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.finish_reason = "length"
-        if seq.finish_reason is not None and params.detokenize:
-            seq.detokenizer.flush()
+        if seq.finish_reason is not None and detokenizer is not None:
+            text += detokenizer.finish()
+        return text
 
-    def _output(self, request_id: str) -> RequestOutput:
+    def _output(self, request_id: str, progressed: list[tuple[Sequence, str, int]]) -> RequestOutput | None:
+        """The request's output after ``progressed`` (sequence, new text, number of new tokens), as
+        its output kind asks; None for a FINAL_ONLY request that has not finished."""
         seqs = self.requests[request_id]
         leader = seqs[0]
+        kind = leader.params.output_kind
         finished = all(s.is_finished for s in seqs)
-        outputs = [
-            CompletionOutput(
-                index=s.index,
-                text=s.detokenizer.text,
-                token_ids=list(s.output_token_ids),
-                cumulative_logprob=sum(next(iter(p.values())).logprob for p in s.logprobs) if s.logprobs else None,
-                logprobs=list(s.logprobs) if s.params.logprobs is not None else None,
-                finish_reason=s.finish_reason,
-                stop_reason=s.stop_reason,
-            )
-            for s in seqs
-        ]
+        if kind is RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        prompt_logprobs = leader.prompt_logprobs if leader.params.prompt_logprobs is not None else None
+        if kind is RequestOutputKind.DELTA:
+            outputs = [_delta_output(seq, text, num_new) for seq, text, num_new in progressed]
+            # Prompt logprobs go out once, with the first sampled token (the prompt is done by then).
+            if not any(seq is leader and 0 < num_new == seq.num_output_tokens for seq, _, num_new in progressed):
+                prompt_logprobs = None
+        else:
+            outputs = [_whole_output(seq) for seq in seqs]
         metrics = RequestMetrics(leader.arrival_time, leader.first_scheduled_time, leader.first_token_time,
                                  time.monotonic() if finished else None)
-        output = RequestOutput(
-            request_id=request_id,
-            prompt=self._prompts.get(request_id),
-            prompt_token_ids=leader.prompt_token_ids,
-            outputs=outputs,
-            finished=finished,
-            prompt_logprobs=list(leader.prompt_logprobs) if leader.params.prompt_logprobs is not None else None,
-            num_cached_tokens=leader.num_cached_tokens,
-            metrics=metrics,
-        )
+        output = RequestOutput(request_id, self._prompts[request_id], leader.prompt_token_ids, outputs, finished,
+                               prompt_logprobs, leader.num_cached_tokens, metrics)
         if finished:
             del self.requests[request_id]
-            self._prompts.pop(request_id, None)
+            del self._prompts[request_id]
         return output
 
+
+def _whole_output(seq: Sequence) -> CompletionOutput:
+    """Everything the sequence generated so far. The lists are the sequence's own (not copied)."""
+    return CompletionOutput(
+        index=seq.index,
+        text=seq.detokenizer.output_text if seq.detokenizer is not None else "",
+        token_ids=seq.output_token_ids,
+        cumulative_logprob=seq.cumulative_logprob,
+        logprobs=seq.logprobs if seq.params.logprobs is not None else None,
+        finish_reason=seq.finish_reason,
+        stop_reason=seq.stop_reason,
+    )
+
+
+def _delta_output(seq: Sequence, text: str, num_new: int) -> CompletionOutput:
+    """What the sequence added: its last ``num_new`` tokens and their logprobs, and ``text``."""
+    new_logprobs = seq.logprobs[len(seq.logprobs) - num_new:] if seq.params.logprobs is not None else None
+    return CompletionOutput(
+        index=seq.index,
+        text=text,
+        token_ids=seq.output_token_ids[seq.num_output_tokens - num_new:],
+        cumulative_logprob=seq.cumulative_logprob,
+        logprobs=new_logprobs,
+        finish_reason=seq.finish_reason,
+        stop_reason=seq.stop_reason,
+    )

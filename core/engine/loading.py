@@ -14,7 +14,9 @@ import torch
 from fw.core.config.base import ConfigError
 from fw.core.config.engine import EngineConfig
 from fw.core.errors import FwError
-from fw.core.interfaces import CausalLM, Platform, ResolvedModel, WeightLoader
+from fw.core.interfaces import CausalLM, Platform, QuantizationMethod, ResolvedModel, WeightLoader
+from fw.core.layers.build import ModelBuildContext, building_model
+from fw.core.layers.linear import process_weights_after_loading
 from fw.core.model_files import resolve_model, select_architecture, select_platform, select_weight_loader
 from fw.core.plugins import Plugins
 from fw.core.runner.model_runner import KVCacheSpec
@@ -41,7 +43,7 @@ class LoadedModel:
     load_format: str
     quantization: str | None
     load_seconds: float
-    num_params: int  # counted before the platform prepared the model (packing may free weights)
+    num_params: int  # counted before the layers processed their weights (packing may free some)
 
 
 def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
@@ -79,18 +81,35 @@ def derive_max_model_len(config: EngineConfig, hf_config: Any) -> int:
     return asked
 
 
-def choose_quantization(config: EngineConfig, hf_config: Any, plugins: Plugins) -> str | None:
-    """The quantization method: ``--quantization`` or the checkpoint's; a plugin must provide it."""
+def checkpoint_quant_config(hf_config: Any) -> dict[str, Any]:
+    """The checkpoint's ``quantization_config`` as a dict (transformers may have made it an object)."""
     quant_config = getattr(hf_config, "quantization_config", None)
-    in_checkpoint = quant_config.get("quant_method") if isinstance(quant_config, dict) \
-        else getattr(quant_config, "quant_method", None)
+    if quant_config is None:
+        return {}
+    return dict(quant_config) if isinstance(quant_config, dict) else quant_config.to_dict()
+
+
+def choose_quantization(config: EngineConfig, hf_config: Any, plugins: Plugins,
+                        dtype: torch.dtype) -> QuantizationMethod | None:
+    """The quantization method, built from the checkpoint's config: ``--quantization`` or the
+    checkpoint's own; a plugin must provide it, for the model's dtype."""
+    quant_config = checkpoint_quant_config(hf_config)
+    in_checkpoint = quant_config.get("quant_method")
     requested = config.model.quantization
     if requested and in_checkpoint and str(in_checkpoint) != requested:
         raise ConfigError(f"--quantization {requested} was given, but the checkpoint is quantized with {in_checkpoint}")
-    method = requested or (str(in_checkpoint) if in_checkpoint else None)
-    if method is not None:
-        plugins.quantization_methods.get(method)  # raises, listing the available methods
-    return method
+    name = requested or (str(in_checkpoint) if in_checkpoint else None)
+    if name is None:
+        return None
+    method_cls = plugins.quantization_methods.get(name)  # raises, listing the available methods
+    if dtype not in method_cls.supported_act_dtypes():
+        supported = ", ".join(str(d).removeprefix("torch.") for d in method_cls.supported_act_dtypes())
+        raise FwError(f"quantization {name} computes in {supported}, not {str(dtype).removeprefix('torch.')}; "
+                      "give --dtype with one of them")
+    try:
+        return method_cls.from_config(quant_config)
+    except ValueError as exc:
+        raise FwError(f"quantization {name}: {exc}") from None
 
 
 def generation_defaults(config: EngineConfig, model_path: Path, hf_config: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -158,9 +177,9 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     resolved, platform, loader, hf_config, tokenizer = (files.resolved, files.platform, files.loader, files.hf_config,
                                                         files.tokenizer)
     model_cls = select_architecture(plugins, hf_config)
-    quantization = choose_quantization(config, hf_config, plugins)
     max_model_len = derive_max_model_len(config, hf_config)
     dtype = choose_dtype(config, platform, hf_config)
+    quantization = choose_quantization(config, hf_config, plugins, dtype)
     device = platform.torch_device()
     torch.manual_seed(model_config.seed)
 
@@ -168,7 +187,8 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        # The layers take their kernels from this context as they are constructed.
+        with torch.device(device), building_model(ModelBuildContext.for_platform(platform, dtype, quantization)):
             model = model_cls(text_config(hf_config))
     finally:
         torch.set_default_dtype(previous_dtype)
@@ -176,14 +196,14 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     model.load_weights(loader.iter_weights(resolved.path, hf_config))
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())
-    platform.prepare_model(model)
+    process_weights_after_loading(model)
     seconds = time.perf_counter() - start
     logger.info("Loaded %s (%s, %.1fM parameters, %s on %s) in %.1f s", resolved.served_name, model_cls.__name__,
                 num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, seconds)
     defaults, eos_ids = generation_defaults(config, resolved.path if resolved.path.is_dir() else resolved.path.parent,
                                             hf_config)
     return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype, max_model_len, defaults,
-                       eos_ids, loader.name, quantization, seconds, num_params)
+                       eos_ids, loader.name, quantization.name if quantization else None, seconds, num_params)
 
 
 def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:
@@ -196,20 +216,11 @@ def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:
 
 
 def num_kv_blocks(config: EngineConfig, loaded: LoadedModel, spec: KVCacheSpec, profile_peak_bytes: int | None) -> int:
-    """Blocks for the KV cache: the override, else what the memory budget holds."""
+    """Blocks for the KV cache: the override, else what the platform's memory budget holds."""
     cache = config.cache
     if cache.num_gpu_blocks_override is not None:
         return cache.num_gpu_blocks_override
-    if loaded.platform.device_type == "cpu":
-        budget = cache.cpu_kv_cache_bytes
-    elif cache.kv_cache_memory_bytes is not None:
-        budget = cache.kv_cache_memory_bytes
-    else:
-        memory = loaded.platform.memory_info()
-        # Everything fw may use, minus what the weights and a full-batch forward took.
-        budget = int(memory.total_bytes * cache.gpu_memory_utilization) - (profile_peak_bytes or 0) \
-            - (memory.total_bytes - memory.free_bytes - torch.cuda.memory_reserved())
-    return max(budget // spec.block_bytes, 0)
+    return max(loaded.platform.kv_cache_budget(cache, profile_peak_bytes) // spec.block_bytes, 0)
 
 
 def check_fits(num_blocks: int, block_size: int, max_model_len: int) -> None:

@@ -1,8 +1,12 @@
-"""What generation returns, shaped like vLLM's ``RequestOutput`` / ``CompletionOutput``."""
+"""What generation returns, shaped like vLLM's ``RequestOutput`` / ``CompletionOutput``.
+
+What an output holds depends on the request's ``SamplingParams.output_kind``: everything so
+far (CUMULATIVE), what one step added (DELTA), or everything, once, at the end (FINAL_ONLY).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fw.core.engine.sequence import PositionLogprobs
 
@@ -39,4 +43,25 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
-    extra: dict = field(default_factory=dict)
+
+    def add(self, next_output: RequestOutput) -> None:
+        """Merge the request's next DELTA output into this one (vLLM's ``add`` with ``aggregate``).
+
+        Samples present in both get the new text, token ids and logprobs appended and take the
+        new finish reason; a sample seen for the first time is taken as it is. Prompt logprobs
+        come once, with the first sampled token, and are kept.
+        """
+        self.finished = self.finished or next_output.finished
+        self.metrics = next_output.metrics
+        self.prompt_logprobs = self.prompt_logprobs or next_output.prompt_logprobs
+        for new in next_output.outputs:
+            old = next((o for o in self.outputs if o.index == new.index), None)
+            if old is None:
+                self.outputs.append(new)
+                continue
+            old.text += new.text
+            old.token_ids.extend(new.token_ids)
+            if new.logprobs:
+                old.logprobs.extend(new.logprobs)
+            old.cumulative_logprob = new.cumulative_logprob
+            old.finish_reason, old.stop_reason = new.finish_reason, new.stop_reason

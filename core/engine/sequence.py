@@ -6,11 +6,14 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from fw.core.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from fw.core.engine.detokenizer import IncrementalDetokenizer
 
 
 class SequenceStatus(enum.Enum):
@@ -58,14 +61,18 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[PositionLogprobs] = field(default_factory=list)
+    # The sum of the sampled tokens' logprobs, kept as they come so that no step re-sums the
+    # list; None without logprobs, as vLLM's.
+    cumulative_logprob: float | None = None
     prompt_logprobs: list[PositionLogprobs | None] = field(default_factory=list)
     generator: torch.Generator | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
-    num_preemptions: int = 0
-    detokenizer: Any = None  # set by the output processor
+    detokenizer: IncrementalDetokenizer | None = None  # set by the engine unless params.detokenize is off
 
     def __post_init__(self) -> None:
+        if self.params.logprobs is not None:
+            self.cumulative_logprob = 0.0
         if self.params.seed is not None:
             self.generator = torch.Generator()
             # Each of the n samples gets its own stream, reproducible in any batch.
@@ -100,10 +107,6 @@ class Sequence:
     def sort_key(self) -> tuple[int, float, int]:
         """Lower is served first (priority, then arrival); the highest key is preempted first."""
         return (self.priority, self.arrival_time, self.seq_id)
-
-    def token_at(self, i: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]
 
     def tokens_slice(self, start: int, end: int) -> list[int]:
         n = len(self.prompt_token_ids)

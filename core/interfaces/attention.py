@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 class AttentionBackend(ABC):
     """Writes a step's keys and values into the paged cache and computes attention.
 
-    The platform names its backend (``Platform.attention_backend()``); the model runner
-    builds it once and puts it in the forward context. One instance serves every layer.
+    The platform returns its backend class (``Platform.attention_backend()``); the model
+    runner builds it once and puts it in the forward context. One instance serves every layer.
     """
 
     name: ClassVar[str]

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from fw.core.config.cache import CacheConfig
+    from fw.core.interfaces.attention import AttentionBackend
+    from fw.core.interfaces.linear import LinearMethod
+    from fw.core.interfaces.ops import PlatformOps
 
 
 @dataclass(frozen=True)
@@ -19,8 +25,12 @@ class Platform(ABC):
     """A device kind. Registered through ``fw_register_platforms``.
 
     Constructing a platform must be cheap and must not initialise the device; only the
-    engine calls the methods that touch it (``memory_info``), and only after it chose
-    the platform.
+    engine calls the methods that touch it (``memory_info``, ``profile_peak_memory``,
+    ``kv_cache_budget``), and only after it chose the platform. The platform is where
+    device-specific code plugs into the platform-neutral core: its kernels (``ops``,
+    ``unquantized_linear_method``, ``attention_backend``) and its memory accounting.
+    Methods that return kernels import them inside the method, so that listing platforms
+    never imports a kernel.
     """
 
     #: The name ``--device`` accepts, e.g. ``"cuda"``.
@@ -48,12 +58,44 @@ class Platform(ABC):
         """Free and total memory of the device, in bytes, measured now."""
 
     @abstractmethod
-    def attention_backend(self) -> str:
-        """The attention backend, as ``"module:Class"``.
+    def attention_backend(self) -> type[AttentionBackend]:
+        """The attention backend class the model runner builds (imported inside this method)."""
 
-        A string, so that listing platforms never imports kernels; the engine imports it
-        when it starts.
+    @abstractmethod
+    def kv_cache_budget(self, cache: CacheConfig, profile_peak_bytes: int | None) -> int:
+        """Bytes the KV cache may take on one device.
+
+        ``profile_peak_bytes`` is what ``profile_peak_memory`` measured (``None`` where it
+        measures nothing). Called once, after the model is loaded.
         """
+
+    def profile_peak_memory(self, run_forward: Callable[[], None]) -> int | None:
+        """Call ``run_forward`` (a forward at the largest batch) and return the device's peak
+        memory meanwhile, in bytes; weights included.
+
+        Called once at start-up, before the KV cache is allocated. The default measures
+        nothing and does not run the forward: for platforms whose KV budget is a fixed size.
+        """
+        return None
+
+    def ops(self, dtype: torch.dtype) -> PlatformOps:
+        """The small hot ops (RMSNorm, SiLU-and-mul, rotary, sampling) for tensors of ``dtype``.
+
+        Called once when a model (with its dtype) or a sampler (float32) is built. The
+        default is plain torch.
+        """
+        from fw.core.layers.ops import TorchOps
+
+        return TorchOps()
+
+    def unquantized_linear_method(self, dtype: torch.dtype) -> LinearMethod:
+        """The method that computes the linear layers no quantization method claims.
+
+        Called once when a model computing in ``dtype`` is built. The default is ``F.linear``.
+        """
+        from fw.core.layers.ops import UnquantizedLinearMethod
+
+        return UnquantizedLinearMethod()
 
     def torch_device(self, index: int = 0) -> torch.device:
         """The torch device for the ``index``-th device of this platform."""
@@ -62,9 +104,3 @@ class Platform(ABC):
     def describe(self) -> dict[str, str]:
         """Facts for ``fw collect-env`` and start-up logs (device name, driver, ...)."""
         return {}
-
-    def prepare_model(self, model: torch.nn.Module) -> None:
-        """Adapt a loaded model to this platform's fastest kernels (e.g. pre-packed weights).
-
-        Called once, after the weights are loaded; must not change what the model computes.
-        """

@@ -7,14 +7,19 @@ from typing import Any, ClassVar
 
 import torch
 
+from fw.core.interfaces.linear import LinearMethod
+
 
 class QuantizationMethod(ABC):
-    """How quantized linear layers store their weights and compute.
+    """A checkpoint's quantization scheme: which :class:`LinearMethod` computes each layer.
 
     Registered through ``fw_register_quantization_methods``; ``name`` is what
     ``--quantization`` accepts and what ``quantization_config.quant_method`` in a
-    checkpoint's config names. The model asks the method to create a linear layer's
-    parameters, the weight loader fills them, and ``apply`` computes the layer.
+    checkpoint's config names. The engine builds one from the checkpoint's config
+    (``from_config``) before it builds the model; each linear layer asks it for its
+    method while the layer is constructed. The linear method does the rest: it creates
+    the layer's parameters, loads checkpoint shards into them, repacks them after
+    loading and computes the layer.
     """
 
     #: The ``--quantization`` value.
@@ -23,22 +28,22 @@ class QuantizationMethod(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, quant_config: dict[str, Any]) -> QuantizationMethod:
-        """Build the method from the checkpoint's ``quantization_config`` dict."""
+        """Build the method from the checkpoint's ``quantization_config`` dict.
+
+        The dict is empty when the checkpoint has none and ``--quantization`` named the
+        method. Raise ``ValueError`` with a sentence naming what is not supported.
+        """
 
     @classmethod
     def supported_act_dtypes(cls) -> list[torch.dtype]:
-        """Activation dtypes ``apply`` accepts."""
+        """Activation dtypes the linear methods compute in; the engine refuses other ``--dtype`` values."""
         return [torch.float16, torch.bfloat16]
 
     @abstractmethod
-    def create_weights(
-        self, layer: torch.nn.Module, input_size: int, output_size: int, params_dtype: torch.dtype
-    ) -> None:
-        """Register the (quantized) parameters of a linear layer ``input_size -> output_size`` on ``layer``."""
+    def get_linear_method(self, prefix: str) -> LinearMethod | None:
+        """The method for the linear layer at ``prefix`` (``"model.layers.0.self_attn.qkv_proj"``).
 
-    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        """Repack loaded weights into the layout ``apply`` wants. Called once per layer."""
-
-    @abstractmethod
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Compute ``x @ W.T + bias`` for ``x: [num_tokens, input_size]``."""
+        Called once per layer while the model is built. ``None`` leaves the layer
+        unquantized (the platform's method computes it): ``"lm_head"`` usually, and the
+        layers the checkpoint's config lists as not quantized.
+        """

@@ -8,7 +8,10 @@ computed only for the rows the runner passes to ``compute_logits``.
 
 Module names mirror Hugging Face's, so checkpoint names map one to one except for the
 fused projections (``q_proj``/``k_proj``/``v_proj`` -> ``qkv_proj``, ``gate_proj``/
-``up_proj`` -> ``gate_up_proj``), handled in ``load_weights``.
+``up_proj`` -> ``gate_up_proj``), whose parts ``load_weights`` hands to the fused layer's
+``weight_loader`` with their shard id. Every layer takes its kernels from the build context
+the engine sets around the constructor (``fw.core.layers.build``); each linear layer's
+prefix (its name in the model) is how a quantization method tells the layers apart.
 """
 
 from __future__ import annotations
@@ -19,21 +22,26 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
+from fw.core.distributed import divide, tensor_parallel_size
 from fw.core.errors import ModelLoadError
 from fw.core.forward_context import get_forward_context
 from fw.core.interfaces.model import CausalLM
-from fw.core.models.layers.basic import MergedLinear, RMSNorm
-from fw.core.models.layers.rotary import RotaryEmbedding, apply_rotary_qk
-from fw.kernels import cpu_ops
+from fw.core.layers.activation import act_and_mul
+from fw.core.layers.build import current_build_context
+from fw.core.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from fw.core.layers.layernorm import RMSNorm
+from fw.core.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from fw.core.layers.rotary import RotaryEmbedding
+from fw.core.layers.weights import WeightShapeError, default_weight_loader
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-# Checkpoint module -> (our fused module, index of its part in the fused output).
-FUSED_PARTS: dict[str, tuple[str, int]] = {
-    "q_proj": ("qkv_proj", 0),
-    "k_proj": ("qkv_proj", 1),
-    "v_proj": ("qkv_proj", 2),
+# Checkpoint module -> (our fused module, the part's shard id in its weight_loader).
+STACKED_PARAMS: dict[str, tuple[str, str | int]] = {
+    "q_proj": ("qkv_proj", "q"),
+    "k_proj": ("qkv_proj", "k"),
+    "v_proj": ("qkv_proj", "v"),
     "gate_proj": ("gate_up_proj", 0),
     "up_proj": ("gate_up_proj", 1),
 }
@@ -72,17 +80,22 @@ def sliding_window_of(config: PretrainedConfig, layer_idx: int) -> int | None:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions) -> None:
+    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions, prefix: str) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        total_num_heads = config.num_attention_heads
+        total_num_kv_heads = getattr(config, "num_key_value_heads", None) or total_num_heads
+        # This rank's heads: tensor parallelism splits them over the ranks.
+        self.num_heads = divide(total_num_heads, tensor_parallel_size())
+        self.num_kv_heads = divide(total_num_kv_heads, tensor_parallel_size())
         self.head_dim = head_dim_of(config)
         self.scale = self.head_dim**-0.5
         self.sliding_window = sliding_window_of(config, layer_idx)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=options.qkv_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=options.o_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_num_heads, total_num_kv_heads,
+                                          bias=options.qkv_bias, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(total_num_heads * self.head_dim, config.hidden_size, bias=options.o_bias,
+                                        prefix=f"{prefix}.o_proj")
+        self.ops = current_build_context().ops
         if options.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -98,7 +111,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary_qk(q, k, cos, sin)
+        q, k = self.ops.rotary_neox(q, k, cos, sin)
         ctx = get_forward_context()
         out = ctx.backend.forward(
             q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale, self.sliding_window
@@ -107,32 +120,27 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: PretrainedConfig, options: DecoderOptions) -> None:
+    def __init__(self, config: PretrainedConfig, options: DecoderOptions, prefix: str) -> None:
         super().__init__()
-        from transformers.activations import ACT2FN
-
         size = config.intermediate_size
-        self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=options.mlp_bias)
-        self.down_proj = nn.Linear(size, config.hidden_size, bias=options.mlp_bias)
-        self.act = ACT2FN[getattr(config, "hidden_act", "silu")]
-        self.is_silu = getattr(config, "hidden_act", "silu") == "silu"
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=options.mlp_bias,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=options.mlp_bias,
+                                           prefix=f"{prefix}.down_proj")
+        self.act_fn = act_and_mul(getattr(config, "hidden_act", "silu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, hidden] -> gate_up: [T, 2 * intermediate] -> [T, intermediate] -> [T, hidden]
-        gate_up = self.gate_up_proj(x)
-        if self.is_silu and cpu_ops.supports(gate_up):
-            return self.down_proj(cpu_ops.silu_and_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions) -> None:
+    def __init__(self, config: PretrainedConfig, layer_idx: int, options: DecoderOptions, prefix: str) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx, options)
+        self.self_attn = Attention(config, layer_idx, options, prefix=f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config, options)
+        self.mlp = MLP(config, options, prefix=f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor,
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,10 +156,11 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: PretrainedConfig, options: DecoderOptions) -> None:
+    def __init__(self, config: PretrainedConfig, options: DecoderOptions, prefix: str) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, options) for i in range(config.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, options, prefix=f"{prefix}.layers.{i}") for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # One table for all layers; cos/sin are looked up once per step, not per layer.
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
@@ -171,11 +180,11 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.config = config
-        self.model = DecoderModel(config, self.decoder_options(config))
+        self.model = DecoderModel(config, self.decoder_options(config), prefix="model")
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
         if self.tied:  # the LM head multiplies by the embedding matrix itself (one shared parameter)
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie_to(self.model.embed_tokens)
 
     @classmethod
     def decoder_options(cls, config: PretrainedConfig) -> DecoderOptions:
@@ -191,61 +200,61 @@ class LlamaForCausalLM(CausalLM):
         return self.lm_head(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy HF-named tensors into the parameters (fused ones part by part).
+        """Hand each HF-named tensor to its parameter's ``weight_loader`` (fused ones part by part).
 
         Raises ModelLoadError for a tensor no parameter takes, a shape that does not
         match the config, or parameters the checkpoint left unset.
         """
         params = dict(self.named_parameters())
-        modules = dict(self.named_modules())
         loaded: set[str] = set()
-        filled: set[tuple[str, int | None]] = set()
+        filled: set[tuple[str, str | int | None]] = set()
         for name, tensor in weights:
             if name.endswith(IGNORED_SUFFIXES):
                 continue
-            target, part = self._param_for(name)
-            if target not in params:
+            target, shard_id = self._param_for(name)
+            param = params.get(target)
+            if param is None:
                 raise ModelLoadError(f"checkpoint tensor '{name}' matches no parameter of {type(self).__name__}")
-            dest = params[target].data
-            if part is not None:
-                dest = modules[target.rpartition(".")[0]].shard(params[target], part)
-            if tuple(dest.shape) != tuple(tensor.shape):
+            weight_loader = getattr(param, "weight_loader", default_weight_loader)
+            try:
+                weight_loader(param, tensor, shard_id)
+            except WeightShapeError as exc:
                 raise ModelLoadError(
                     f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)} but {type(self).__name__} "
-                    f"expects {tuple(dest.shape)}; the weights do not match the config"
-                )
-            dest.copy_(tensor)
+                    f"expects {exc.expected}; the weights do not match the config"
+                ) from None
             loaded.add(name)
-            filled.add((target, part))
-        self._check_all_filled(params, modules, filled)
+            filled.add((target, shard_id))
+        self._check_all_filled(params, filled)
         return loaded
 
-    def _param_for(self, hf_name: str) -> tuple[str, int | None]:
-        """Our parameter for a checkpoint name, and the part of it when it is fused."""
+    def _param_for(self, hf_name: str) -> tuple[str, str | int | None]:
+        """Our parameter for a checkpoint name, and the part's shard id when it is fused."""
         if hf_name == "lm_head.weight" and self.tied:
             # Tied: the LM head is the embedding (some checkpoints store both copies).
             return "model.embed_tokens.weight", None
         parts = hf_name.split(".")
-        if len(parts) >= 2 and parts[-2] in FUSED_PARTS:
-            fused, index = FUSED_PARTS[parts[-2]]
-            return ".".join([*parts[:-2], fused, parts[-1]]), index
+        if len(parts) >= 2 and parts[-2] in STACKED_PARAMS:
+            fused, shard_id = STACKED_PARAMS[parts[-2]]
+            return ".".join([*parts[:-2], fused, parts[-1]]), shard_id
         return hf_name, None
 
-    def _check_all_filled(self, params: dict, modules: dict, filled: set[tuple[str, int | None]]) -> None:
+    def _check_all_filled(self, params: dict[str, nn.Parameter], filled: set[tuple[str, str | int | None]]) -> None:
         """Raise ModelLoadError naming (in checkpoint terms) the weights that never arrived."""
-        hf_module_of = {part: hf for hf, part in FUSED_PARTS.items()}
+        parts_of: dict[str, list[tuple[str, str | int]]] = {}
+        for hf_module, (fused, shard_id) in STACKED_PARAMS.items():
+            parts_of.setdefault(fused, []).append((hf_module, shard_id))
         missing = []
         for name in params:
             module_path, _, kind = name.rpartition(".")
-            module = modules[module_path]
-            if not isinstance(module, MergedLinear):
+            parent, _, module_name = module_path.rpartition(".")
+            if module_name not in parts_of:
                 if (name, None) not in filled:
                     missing.append(name)
                 continue
-            parent, _, fused = module_path.rpartition(".")
-            for part in range(len(module.output_sizes)):
-                if (name, part) not in filled:
-                    missing.append(f"{parent}.{hf_module_of[(fused, part)]}.{kind}")
+            for hf_module, shard_id in parts_of[module_name]:
+                if (name, shard_id) not in filled:
+                    missing.append(f"{parent}.{hf_module}.{kind}")
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ModelLoadError(f"the checkpoint has no weights for {shown}")

@@ -6,7 +6,6 @@ is the only code that sets the forward context.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -15,14 +14,10 @@ import torch
 from fw.core.engine.sampling_params import SamplingParams
 from fw.core.engine.sequence import Logprob, Sequence
 from fw.core.forward_context import AttentionMetadata, ForwardContext, forward_context
-from fw.core.interfaces import AttentionBackend, CausalLM, Platform
+from fw.core.interfaces import CausalLM, Platform
 from fw.core.kv_cache import BlockManager
 from fw.core.runner.sampler import Sampler, SamplerOutput, SamplingBatch, compute_prompt_logprobs
 from fw.core.scheduler import ScheduledBatch
-
-def load_attention_backend(platform: Platform) -> AttentionBackend:
-    module_name, _, class_name = platform.attention_backend().partition(":")
-    return getattr(importlib.import_module(module_name), class_name)()
 
 
 @dataclass
@@ -59,8 +54,10 @@ class ModelRunner:
         self.device = device
         self.vocab_size = vocab_size
         self.kv_spec = kv_spec
-        self.backend = load_attention_backend(platform)
-        self.sampler = Sampler()
+        self.backend = platform.attention_backend()()
+        # The sampler computes in float32; the op reads the model's own logits only in the
+        # dtypes it lists (sample_rows_dtypes).
+        self.sampler = Sampler(platform.ops(torch.float32))
         self.kv_caches: list[torch.Tensor] = []
 
     def allocate_kv_cache(self, num_blocks: int) -> None:

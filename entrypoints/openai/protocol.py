@@ -7,11 +7,11 @@ field; here only the types are.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from fw.core.engine.sampling_params import SamplingParams
+from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 
 #: A completions prompt after validation: one text, or token ids.
 Prompt = str | list[int]
@@ -41,6 +41,9 @@ class StreamOptions(OpenAIBaseModel):
 
 class SamplingRequest(OpenAIBaseModel):
     """Fields completions and chat share: the model, sampling, stopping and streaming."""
+
+    #: SamplingParams fields this request spells differently (chat's top_logprobs is logprobs).
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
 
     model: str | None = None
     n: int = 1
@@ -89,12 +92,18 @@ class SamplingRequest(OpenAIBaseModel):
         """How many top log-probabilities each generated token asks for (``None``: none)."""
         raise NotImplementedError
 
+    def request_field(self, param: str | None) -> str | None:
+        """The field of this request that SamplingParams' (or the engine's) ``param`` comes from."""
+        name = self.RENAMED_FIELDS.get(param, param) if param is not None else None
+        return name if name in type(self).model_fields else None
+
     def to_sampling_params(self, defaults: SamplingParams, max_tokens: int | None) -> SamplingParams:
         """fw's SamplingParams for this request.
 
         Fields the request leaves out take the model's defaults (``defaults``: its
-        generation_config, as vLLM does); ``max_tokens`` is decided by the caller, who
-        knows the prompt's length. Out-of-range values raise ``ValueError``.
+        generation_config, as vLLM does); without ``max_tokens`` the engine decides how far
+        the output may run. A stream gets deltas, a response one final output (vLLM's
+        choice). Out-of-range values raise ``InvalidRequestError``.
         """
 
         def pick(name: str) -> Any:
@@ -123,6 +132,7 @@ class SamplingRequest(OpenAIBaseModel):
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            output_kind=RequestOutputKind.DELTA if self.stream else RequestOutputKind.FINAL_ONLY,
         )
 
 
@@ -200,6 +210,8 @@ class ChatTemplateFields(OpenAIBaseModel):
 
 class ChatCompletionRequest(ChatTemplateFields, SamplingRequest):
     """``POST /v1/chat/completions``."""
+
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"logprobs": "top_logprobs"}
 
     max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: int | None = None

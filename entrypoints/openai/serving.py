@@ -4,7 +4,11 @@
 ``AsyncEngine`` and returns the response body, or for ``"stream": true`` an async iterator
 of server-sent-event strings. The HTTP server (api_server.py) only moves bytes.
 Completions and chat live in serving_completion.py and serving_chat.py; what they share
-(validation, limits, starting engine requests, logprob tokens, the SSE framing) is here.
+(parsing, running engine requests, logprob tokens, the SSE framing) is here.
+
+The engine checks every limit (context length, ``n``, ``logprobs``, token ids) when it adds
+a request; its refusal becomes the 400, naming the request's own field. Streams get the
+engine's deltas (stop strings already settled), responses one final output.
 """
 
 from __future__ import annotations
@@ -15,18 +19,14 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Sequence, TypeVar
 
 from pydantic import ValidationError
 
 from fw.core.engine.outputs import RequestOutput
 from fw.core.engine.sampling_params import SamplingParams
-from fw.entrypoints.openai.chat_utils import (
-    detect_content_format,
-    load_chat_template,
-    render_chat,
-    to_conversation,
-)
+from fw.core.errors import InvalidRequestError
+from fw.entrypoints.chat_utils import load_chat_template, render_chat_prompt
 from fw.entrypoints.openai.errors import APIError, NotFoundError, error_body, from_validation_error
 from fw.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fw.server")
 
 RequestT = TypeVar("RequestT", bound=OpenAIBaseModel)
+T = TypeVar("T")
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -70,9 +71,33 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+async def gather_all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, but the first failure (or our cancellation) cancels the rest."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for the finished ones
+
+
 async def _close_all(generators: Sequence[AsyncGenerator[RequestOutput, None]]) -> None:
     for generator in generators:
         await generator.aclose()
+
+
+def refused(request: SamplingRequest, error: ValueError) -> APIError:
+    """The 400 for a request that SamplingParams or the engine refused, naming the field the client sent.
+
+    Their messages start with their name for the field (``logprobs is 21, ...``); where the
+    request spells it differently (chat's ``top_logprobs``) the message takes the request's name.
+    """
+    param = getattr(error, "param", None)
+    field = request.request_field(param)
+    message = str(error)
+    if param is not None and field is not None and field != param and message.startswith(f"{param} "):
+        message = field + message[len(param):]
+    return APIError(message, param=field)
 
 
 class EngineStream:
@@ -95,16 +120,6 @@ class EngineStream:
         """Stop reading; an unfinished request is aborted and its KV blocks freed."""
         await self._outputs.aclose()
 
-    async def last(self) -> RequestOutput:
-        """Read to the end: the finished output."""
-        try:
-            async for output in self:
-                if output.finished:
-                    return output
-            raise RuntimeError("the engine's output stream ended before the request finished")
-        finally:
-            await self.aclose()
-
 
 class OpenAIServing:
     """The OpenAI API on one engine: models, completions, chat completions, tokenize, detokenize."""
@@ -114,17 +129,13 @@ class OpenAIServing:
         if not served_names:
             raise ValueError("at least one served model name is needed")
         self.engine = engine
-        self.llm = engine.engine
-        self.tokenizer = self.llm.tokenizer
+        self.info = engine.info
+        self.tokenizer = self.info.tokenizer
         self.served_names = tuple(served_names)
         self.frontend = frontend
         self.chat_template = load_chat_template(frontend.chat_template)
         self.reasoning_parser_cls: type[ReasoningParser] | None = (
             plugins.reasoning_parsers.get(frontend.reasoning_parser) if frontend.reasoning_parser else None)
-        self.max_logprobs = self.llm.config.model.max_logprobs
-        # Each of a request's n samples is a sequence; more than run in one step never run together.
-        self.max_n = self.llm.config.scheduler.max_num_seqs
-        self.default_max_tokens: int | None = self.llm.loaded.generation_defaults.get("max_tokens")
         self.created = int(time.time())
         self._token_texts: dict[int, str] = {}
         self._completion = CompletionHandler(self)
@@ -138,9 +149,8 @@ class OpenAIServing:
     # ---------------------------------------------------------------- endpoints
 
     def models(self) -> dict[str, Any]:
-        root = self.llm.config.model.model or str(self.llm.loaded.resolved.path)
-        data = [{"id": name, "object": "model", "created": self.created, "owned_by": "fw", "root": root,
-                 "parent": None, "max_model_len": self.llm.max_model_len} for name in self.served_names]
+        data = [{"id": name, "object": "model", "created": self.created, "owned_by": "fw", "root": self.info.model,
+                 "parent": None, "max_model_len": self.info.max_model_len} for name in self.served_names]
         return {"object": "list", "data": data}
 
     async def completions(self, body: Any, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
@@ -161,7 +171,7 @@ class OpenAIServing:
             token_ids = self.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
             return_token_strs = request.return_token_strs
         token_strs = self.tokenizer.convert_ids_to_tokens(token_ids) if return_token_strs else None
-        return {"count": len(token_ids), "max_model_len": self.llm.max_model_len, "tokens": token_ids,
+        return {"count": len(token_ids), "max_model_len": self.info.max_model_len, "tokens": token_ids,
                 "token_strs": token_strs}
 
     async def detokenize(self, body: Any) -> dict[str, Any]:
@@ -190,38 +200,23 @@ class OpenAIServing:
         return request
 
     def check_token_ids(self, field: str, token_ids: Sequence[int]) -> None:
-        vocab_size = self.llm.vocab_size
+        vocab_size = self.info.vocab_size
         for token_id in token_ids:
             if not 0 <= token_id < vocab_size:
                 raise APIError(f"{field} contains token id {token_id}, which is out of vocabulary "
                                f"(0 to {vocab_size - 1})", param=field)
 
-    def sampling_params(self, request: SamplingRequest, num_prompt_tokens: int,
-                        max_tokens: int | None) -> SamplingParams:
-        """The request's SamplingParams, within the server's limits (else APIError naming the limit)."""
-        if request.n > self.max_n:
-            raise APIError(f"n is {request.n}, more than the maximum of {self.max_n} (--max-num-seqs)", param="n")
-        logprobs_field = "top_logprobs" if isinstance(request, ChatCompletionRequest) else "logprobs"
-        for field, value in ((logprobs_field, request.output_logprobs()), ("prompt_logprobs", request.prompt_logprobs)):
-            if value is not None and value > self.max_logprobs:
-                raise APIError(f"{field} is {value}, more than the maximum of {self.max_logprobs} (--max-logprobs)",
-                               param=field)
-        self.check_token_ids("logit_bias", [int(key) for key in request.logit_bias or {}])
-        self.check_token_ids("allowed_token_ids", request.allowed_token_ids or [])
-        if max_tokens is None and self.default_max_tokens is not None:
-            # The model's generation_config caps an open-ended request, within the context.
-            room = self.llm.max_model_len - num_prompt_tokens
-            max_tokens = min(self.default_max_tokens, room) if room > 0 else None
+    def sampling_params(self, request: SamplingRequest, max_tokens: int | None) -> SamplingParams:
+        """The request's SamplingParams (the engine checks them against its limits when it adds them)."""
         try:
-            return request.to_sampling_params(self.llm.default_sampling_params(), max_tokens)
+            return request.to_sampling_params(self.engine.default_sampling_params(), max_tokens)
         except ValueError as e:
-            field = str(e).split(" ", 1)[0]
-            raise APIError(str(e), param=field if field in type(request).model_fields else None) from None
+            raise refused(request, e) from None
 
     # ---------------------------------------------------------------- chat prompts
 
     def render_prompt(self, request: ChatTemplateFields) -> tuple[str, list[int]]:
-        """The conversation rendered by the chat template: its text and token ids."""
+        """The conversation rendered by the chat template, as ``fw.LLM.chat`` renders it: text and token ids."""
         if request.chat_template is not None and not self.frontend.trust_request_chat_template:
             raise APIError("a chat_template in the request is refused: this server does not run templates sent "
                            "by clients (start it with --trust-request-chat-template to allow them)",
@@ -230,21 +225,17 @@ class OpenAIServing:
             add_generation_prompt = request.generation_prompt()
         except ValueError as e:
             raise APIError(str(e), param="continue_final_message") from None
-        template = request.chat_template or self.chat_template
-        try:
-            template = self.tokenizer.get_chat_template(template)
-        except ValueError:
-            raise APIError("the model has no chat template; start the server with --chat-template") from None
-        content_format = self.frontend.chat_template_content_format
-        if content_format == "auto":
-            content_format = detect_content_format(template)
         tools = request.tools if getattr(request, "tool_choice", None) != "none" else None
-        text = render_chat(self.tokenizer, to_conversation(request.messages, content_format), template,
-                           add_generation_prompt=add_generation_prompt,
-                           continue_final_message=request.continue_final_message,
-                           tools=tools, template_kwargs=request.chat_template_kwargs)
-        # The template writes the special tokens (BOS...) itself: don't add them twice.
-        return text, self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
+        try:
+            return render_chat_prompt(
+                self.tokenizer, [message.model_dump(exclude_none=True) for message in request.messages],
+                chat_template=request.chat_template or self.chat_template,
+                content_format=self.frontend.chat_template_content_format,
+                add_generation_prompt=add_generation_prompt, continue_final_message=request.continue_final_message,
+                tools=tools, chat_template_kwargs=request.chat_template_kwargs,
+                add_special_tokens=request.add_special_tokens)
+        except InvalidRequestError as e:
+            raise APIError(str(e), param=e.param) from None
 
     # ---------------------------------------------------------------- running requests
 
@@ -256,14 +247,14 @@ class OpenAIServing:
         more = f" (and {len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         logger.info("request %s: prompt: %r%s, params: %s", request_id, preview, more, params)
 
-    async def start(self, requests: Sequence[tuple[list[int], SamplingParams, str]],
-                    priority: int) -> list[EngineStream]:
-        """Submit ``(token ids, params, engine request id)`` requests together; wait until each has output.
+    async def start(self, request: SamplingRequest,
+                    jobs: Sequence[tuple[list[int], SamplingParams, str]]) -> list[EngineStream]:
+        """Submit ``(token ids, params, engine request id)`` jobs together; wait until each has output.
 
-        An invalid request (out-of-vocabulary ids, over the context length) fails here as a 400
-        and the others are aborted, so a stream never starts for a request that cannot run.
+        A job the engine refuses (out-of-vocabulary ids, over the context length) fails here as a
+        400 and the others are aborted, so a stream never starts for a request that cannot run.
         """
-        generators = [self.engine.generate(ids, params, engine_id, priority) for ids, params, engine_id in requests]
+        generators = [self.engine.generate(ids, params, engine_id, request.priority) for ids, params, engine_id in jobs]
         try:
             firsts = await asyncio.gather(*(anext(g) for g in generators), return_exceptions=True)
         except BaseException:  # cancelled (the client went away): every child has stopped by now
@@ -273,9 +264,28 @@ class OpenAIServing:
         if failure is not None:
             await _close_all(generators)
             if isinstance(failure, ValueError):  # the engine refused the request; its message is for the user
-                raise APIError(str(failure)) from None
+                raise refused(request, failure) from None
             raise failure
         return [EngineStream(first, g) for first, g in zip(firsts, generators)]
+
+    async def run(self, request: SamplingRequest,
+                  jobs: Sequence[tuple[list[int], SamplingParams, str]]) -> list[RequestOutput]:
+        """Run jobs to the end together: their final outputs. The first failure aborts the others."""
+
+        async def final(ids: list[int], params: SamplingParams, engine_id: str) -> RequestOutput:
+            outputs = self.engine.generate(ids, params, engine_id, request.priority)
+            try:
+                async for output in outputs:
+                    if output.finished:
+                        return output
+                raise RuntimeError("the engine's output stream ended before the request finished")
+            finally:
+                await outputs.aclose()
+
+        try:
+            return await gather_all([final(*job) for job in jobs])
+        except ValueError as e:  # the engine refused a request; its message is for the user
+            raise refused(request, e) from None
 
     def token_text(self, token_id: int) -> str:
         """How a token shows in logprobs: its own decoded text."""

@@ -14,7 +14,7 @@ from fw.core.engine.outputs import CompletionOutput, RequestOutput
 from fw.core.engine.sequence import PositionLogprobs
 from fw.entrypoints.openai.errors import APIError
 from fw.entrypoints.openai.protocol import MIN_LOGPROB, ChatCompletionRequest, usage
-from fw.entrypoints.openai.serving_completion import holdback, prompt_logprobs
+from fw.entrypoints.openai.serving_completion import prompt_logprobs
 
 if TYPE_CHECKING:
     from fw.entrypoints.openai.serving import EngineStream, OpenAIServing
@@ -23,11 +23,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class _ChoiceState:
-    """What a stream has sent so far for one choice."""
+    """What a stream has sent so far for one choice (its text only for the reasoning parser)."""
 
     text: str = ""
     num_tokens: int = 0
-    finished: bool = False
     parser: ReasoningParser | None = None
 
 
@@ -45,14 +44,16 @@ class ChatHandler:
             raise APIError("tool_choice 'required' or a named function is not supported; use 'auto' or 'none'",
                            param="tool_choice")
         prompt_text, prompt_ids = serving.render_prompt(request)
-        params = serving.sampling_params(request, len(prompt_ids), request.requested_max_tokens)
+        params = serving.sampling_params(request, request.requested_max_tokens)
         serving.log_request(request_id, [prompt_text], params)
-        [stream] = await serving.start([(prompt_ids, params, f"chatcmpl-{request_id}")], request.priority)
+        job = (prompt_ids, params, f"chatcmpl-{request_id}")
         # Without a generation prompt the model goes on with the last message, in its role.
         role = serving.frontend.response_role if request.generation_prompt() else request.messages[-1].role
         if request.stream:
+            [stream] = await serving.start(request, [job])
             return serving.sse_stream(self._stream(request, request_id, stream, role, len(prompt_ids)))
-        return self._response(request, request_id, await stream.last(), role)
+        [output] = await serving.run(request, [job])
+        return self._response(request, request_id, output, role)
 
     # ---------------------------------------------------------------- shared pieces
 
@@ -105,7 +106,6 @@ class ChatHandler:
         header = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
                   "model": self.serving.model_name}
         states = [_ChoiceState(parser=self._parser()) for _ in range(request.n)]
-        hold = holdback(request.stop, request.include_stop_str_in_output)
         try:
             for index in range(request.n):
                 choice = {"index": index, "delta": {"role": role, "content": ""}, "logprobs": None,
@@ -114,7 +114,7 @@ class ChatHandler:
             async for output in stream:
                 for sample in output.outputs:
                     state = states[sample.index]
-                    choice = self._delta(request, sample, state, hold)
+                    choice = self._delta(request, sample, state)
                     if choice is not None:
                         yield self._chunk(header, request, choice, num_prompt_tokens, state.num_tokens)
             if request.include_usage:
@@ -131,30 +131,26 @@ class ChatHandler:
             chunk["usage"] = usage(num_prompt_tokens, num_tokens)
         return chunk
 
-    def _delta(self, request: ChatCompletionRequest, sample: CompletionOutput, state: _ChoiceState,
-               hold: int) -> dict[str, Any] | None:
-        """The choice's part of the next chunk: what it added since the last one (None: nothing yet)."""
-        if state.finished:
-            return None
+    def _delta(self, request: ChatCompletionRequest, sample: CompletionOutput,
+               state: _ChoiceState) -> dict[str, Any] | None:
+        """The choice's part of the next chunk, from the engine's delta (None: nothing to send yet)."""
         finished = sample.finish_reason is not None
-        visible = sample.text if finished else sample.text[:max(len(state.text), len(sample.text) - hold)]
-        text = visible[len(state.text):]
+        text = sample.text
         delta: dict[str, Any] = {}
         if text and state.parser is not None:
-            parsed = state.parser.extract_reasoning_streaming(state.text, visible, text)
+            current = state.text + text
+            parsed = state.parser.extract_reasoning_streaming(state.text, current, text)
             if parsed is not None and parsed.reasoning_content:
                 delta["reasoning_content"] = parsed.reasoning_content
             if parsed is not None and parsed.content:
                 delta["content"] = parsed.content
+            state.text = current  # the parser has seen it even when it showed nothing yet: never pass it twice
         elif text:
             delta["content"] = text
-        new_tokens = sample.token_ids[state.num_tokens:]
+        state.num_tokens += len(sample.token_ids)
         logprobs = None
-        if request.logprobs and new_tokens:
-            positions = (sample.logprobs or [])[state.num_tokens:]
-            logprobs = {"content": self._logprobs(new_tokens, positions, request.top_logprobs or 0)}
-        # The parser has seen this text even when it showed nothing yet: it is never passed twice.
-        state.text, state.num_tokens, state.finished = visible, len(sample.token_ids), finished
+        if request.logprobs and sample.token_ids:
+            logprobs = {"content": self._logprobs(sample.token_ids, sample.logprobs or [], request.top_logprobs or 0)}
         if not (delta or finished or logprobs):
             return None
         return {"index": sample.index, "delta": delta, "logprobs": logprobs,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from fw.core.engine.outputs import CompletionOutput, RequestOutput
 from fw.core.engine.sequence import PositionLogprobs
@@ -18,18 +18,6 @@ from fw.entrypoints.openai.protocol import MIN_LOGPROB, CompletionRequest, usage
 
 if TYPE_CHECKING:
     from fw.entrypoints.openai.serving import EngineStream, OpenAIServing
-
-T = TypeVar("T")
-
-async def gather_all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather``, but the first failure (or our cancellation) cancels the rest."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()  # a no-op for the finished ones
-
 
 async def merge(streams: Sequence[EngineStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of several streams as they come, tagged with the stream's position."""
@@ -67,11 +55,9 @@ async def merge(streams: Sequence[EngineStream]) -> AsyncIterator[tuple[int, Req
 class _ChoiceState:
     """What a stream has sent so far for one choice."""
 
-    num_chars: int = 0
     num_tokens: int = 0
     text_offset: int = 0
     started: bool = False
-    finished: bool = False
 
 
 class CompletionHandler:
@@ -86,22 +72,19 @@ class CompletionHandler:
             serving.tokenizer.encode(p, add_special_tokens=request.add_special_tokens) if isinstance(p, str) else p
             for p in request.prompt
         ]
-        jobs = []
-        for i, ids in enumerate(prompts_ids):
-            params = serving.sampling_params(request, len(ids), request.max_tokens)
-            if request.echo and request.logprobs is not None and params.prompt_logprobs is None:
-                params = params.clone(prompt_logprobs=request.logprobs)  # echo shows the prompt's logprobs too
-            jobs.append((ids, params, f"cmpl-{request_id}-{i}"))
-        serving.log_request(request_id, request.prompt, jobs[0][1])
-        streams = await serving.start(jobs, request.priority)
+        params = serving.sampling_params(request, request.max_tokens)
+        if request.echo and request.logprobs is not None and params.prompt_logprobs is None:
+            params = params.clone(prompt_logprobs=request.logprobs)  # echo shows the prompt's logprobs too
+        jobs = [(ids, params, f"cmpl-{request_id}-{i}") for i, ids in enumerate(prompts_ids)]
+        serving.log_request(request_id, request.prompt, params)
         if request.stream:
+            streams = await serving.start(request, jobs)
             return serving.sse_stream(self._stream(request, request_id, streams))
-        finals = await gather_all([stream.last() for stream in streams])
-        return self._response(request, request_id, finals)
+        return self._response(request, request_id, await serving.run(request, jobs))
 
     # ---------------------------------------------------------------- shared pieces
 
-    def _echo(self, request: CompletionRequest, prompt_index: int, output: RequestOutput) -> str:
+    def _echo(self, request: CompletionRequest, prompt_index: int) -> str:
         prompt = request.prompt[prompt_index]
         return prompt if isinstance(prompt, str) else self.serving.tokenizer.decode(prompt)
 
@@ -134,7 +117,7 @@ class CompletionHandler:
                 sample: CompletionOutput) -> dict[str, Any]:
         text, logprobs = sample.text, None
         if request.echo:
-            text = self._echo(request, prompt_index, output) + text
+            text = self._echo(request, prompt_index) + text
         if request.logprobs is not None:
             token_ids, positions = list(sample.token_ids), list(sample.logprobs or [])
             if request.echo:
@@ -164,19 +147,23 @@ class CompletionHandler:
                   "model": self.serving.model_name}
         states: dict[int, _ChoiceState] = {}
         num_prompt_tokens = [0] * len(streams)
+        # Each prompt's logprobs come with its first output; every sample's echo shows them.
+        prompt_positions: dict[int, list[PositionLogprobs | None]] = {}
         num_completion_tokens: dict[int, int] = {}
-        hold = holdback(request.stop, request.include_stop_str_in_output)
         outputs = merge(streams)
         try:
             async for prompt_index, output in outputs:
                 num_prompt_tokens[prompt_index] = len(output.prompt_token_ids)
+                if output.prompt_logprobs is not None:
+                    prompt_positions[prompt_index] = output.prompt_logprobs
                 for sample in output.outputs:
                     index = prompt_index * request.n + sample.index
                     state = states.setdefault(index, _ChoiceState())
-                    choice = self._delta(request, prompt_index, output, sample, state, hold)
+                    choice = self._delta(request, prompt_index, output, sample, state,
+                                         prompt_positions.get(prompt_index))
+                    num_completion_tokens[index] = state.num_tokens
                     if choice is None:
                         continue
-                    num_completion_tokens[index] = state.num_tokens
                     chunk = {**header, "choices": [choice], "usage": None}
                     if request.continuous_usage_stats:
                         chunk["usage"] = usage(len(output.prompt_token_ids), state.num_tokens)
@@ -188,43 +175,26 @@ class CompletionHandler:
             await outputs.aclose()
 
     def _delta(self, request: CompletionRequest, prompt_index: int, output: RequestOutput,
-               sample: CompletionOutput, state: _ChoiceState, hold: int) -> dict[str, Any] | None:
-        """The choice's part of the next chunk: what it added since the last one (None: nothing yet)."""
+               sample: CompletionOutput, state: _ChoiceState,
+               prompt_positions: list[PositionLogprobs | None] | None) -> dict[str, Any] | None:
+        """The choice's part of the next chunk, from the engine's delta (None: nothing to send yet)."""
+        state.num_tokens += len(sample.token_ids)
         finished = sample.finish_reason is not None
-        if state.finished or not (sample.token_ids or finished):
-            return None  # done, or still in prefill (an output can come with prompt logprobs only)
-        visible = sample.text if finished else sample.text[:max(state.num_chars, len(sample.text) - hold)]
-        text = visible[state.num_chars:]
-        token_ids = sample.token_ids[state.num_tokens:]
-        positions = (sample.logprobs or [])[state.num_tokens:]
+        text, token_ids, positions = sample.text, list(sample.token_ids), list(sample.logprobs or [])
         if not state.started and request.echo:
-            echo = self._echo(request, prompt_index, output)
-            text = echo + text
+            text = self._echo(request, prompt_index) + text
             if request.logprobs is not None:
                 token_ids = output.prompt_token_ids + token_ids
-                positions = list(output.prompt_logprobs or [None] * len(output.prompt_token_ids)) + positions
+                positions = list(prompt_positions or [None] * len(output.prompt_token_ids)) + positions
         if not (text or finished or (token_ids and request.logprobs is not None)):
             return None
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._logprobs(token_ids, positions, state.text_offset)
             state.text_offset += sum(len(t) for t in logprobs["tokens"])
-        state.started, state.finished = True, finished
-        state.num_chars, state.num_tokens = len(visible), len(sample.token_ids)
+        state.started = True
         return {"index": prompt_index * request.n + sample.index, "text": text, "logprobs": logprobs,
                 "finish_reason": sample.finish_reason, "stop_reason": sample.stop_reason}
-
-
-def holdback(stop: str | list[str] | None, include_stop_str_in_output: bool) -> int:
-    """How many trailing characters a stream holds back while a stop string may still be completing.
-
-    The engine cuts the text where a stop string starts, which can be before text already
-    seen; holding back ``len(longest stop) - 1`` characters means nothing sent is ever cut.
-    """
-    stops = [stop] if isinstance(stop, str) else (stop or [])
-    if include_stop_str_in_output or not stops:
-        return 0
-    return max(len(s) for s in stops) - 1
 
 
 def prompt_logprobs(serving: OpenAIServing, output: RequestOutput) -> list[dict[str, dict[str, Any]] | None]:

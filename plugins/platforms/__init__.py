@@ -1,1 +1,1 @@
-"""Built-in platforms: cpu and cuda."""
+"""Built-in platforms: cpu (fw's C kernels, oneDNN pre-packed bf16 weights) and cuda (Triton attention)."""

@@ -1,9 +1,12 @@
-"""The CPU platform: always available; attention in plain torch."""
+"""The CPU platform: always available; fw's C kernels and oneDNN pre-packed bf16 weights
+where the CPU can run them, plain torch elsewhere."""
 
 from __future__ import annotations
 
 import functools
+import os
 import platform as _platform
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
@@ -11,8 +14,27 @@ import torch
 from fw.core.hookspecs import hookimpl
 from fw.core.interfaces import MemoryInfo, Platform
 
+if TYPE_CHECKING:
+    from fw.core.config.cache import CacheConfig
+    from fw.core.interfaces import AttentionBackend, LinearMethod, PlatformOps
+
+#: What oneDNN's bfloat16 weight packing needs, any one of these sets of instructions: torch
+#: refuses without ("mkldnn_reorder_linear_weight: bf16 path needs the cpu support
+#: avx_ne_convert or avx512bw, avx512vl and avx512dq"), e.g. on AVX2-only AMD Zen 3.
+ONEDNN_BF16_FLAGS = (frozenset({"avx_ne_convert"}), frozenset({"avx512bw", "avx512vl", "avx512dq"}))
+
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (/proc/cpuinfo), read once; empty where there are none to read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether the CPU has native bf16 dot products (AVX512-BF16 or AMX).
 
@@ -21,12 +43,16 @@ def cpu_has_fast_bf16() -> bool:
     and [8, 576] x [576, 1536] 85 us against 178 us. Without those instructions bf16
     is emulated and slower than float32, so float32 is the default there.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
+    return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
+
+
+def can_pack_bf16_weights() -> bool:
+    """Whether bf16 linear layers may compute on oneDNN pre-packed weights: torch has the
+    oneDNN ops, the CPU the instructions, and ``FW_CPU_PACKED_WEIGHTS=0`` did not turn it off."""
+    if os.environ.get("FW_CPU_PACKED_WEIGHTS", "1") == "0" or not torch.backends.mkldnn.is_available() \
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(needed <= cpu_flags() for needed in ONEDNN_BF16_FLAGS)
 
 
 class CpuPlatform(Platform):
@@ -54,13 +80,33 @@ class CpuPlatform(Platform):
         memory = psutil.virtual_memory()
         return MemoryInfo(free_bytes=memory.available, total_bytes=memory.total)
 
-    def attention_backend(self) -> str:
-        return "fw.core.attention.torch_backend:TorchAttentionBackend"
+    def attention_backend(self) -> type[AttentionBackend]:
+        from fw.plugins.platforms.cpu_attention import CpuAttentionBackend
 
-    def prepare_model(self, model: torch.nn.Module) -> None:
-        from fw.core.models.layers.basic import pack_linear_weights
+        return CpuAttentionBackend
 
-        pack_linear_weights(model)
+    def kv_cache_budget(self, cache: CacheConfig, profile_peak_bytes: int | None) -> int:
+        # Host memory is not profiled: the cache takes a fixed size (vLLM's 4 GiB by default).
+        return cache.cpu_kv_cache_bytes
+
+    def ops(self, dtype: torch.dtype) -> PlatformOps:
+        """fw's C ops for float32 and bf16 once built. They are compiled for this CPU
+        (-march=native) with portable fallbacks, so they need no particular instruction."""
+        from fw.kernels import cpu_ops
+
+        if dtype in cpu_ops.DTYPES and cpu_ops.load() is not None:
+            from fw.plugins.platforms.cpu_layers import CpuOps
+
+            return CpuOps()
+        return super().ops(dtype)
+
+    def unquantized_linear_method(self, dtype: torch.dtype) -> LinearMethod:
+        """oneDNN pre-packed weights for bf16 where the CPU can run them (``can_pack_bf16_weights``)."""
+        if dtype == torch.bfloat16 and can_pack_bf16_weights():
+            from fw.plugins.platforms.cpu_layers import CpuUnquantizedLinearMethod
+
+            return CpuUnquantizedLinearMethod()
+        return super().unquantized_linear_method(dtype)
 
     def describe(self) -> dict[str, str]:
         return {

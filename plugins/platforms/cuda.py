@@ -1,11 +1,17 @@
-"""The CUDA platform: NVIDIA GPUs; attention in Triton kernels."""
+"""The CUDA platform: NVIDIA GPUs; attention in Triton kernels, the small ops in torch."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from fw.core.hookspecs import hookimpl
 from fw.core.interfaces import MemoryInfo, Platform
+
+if TYPE_CHECKING:
+    from fw.core.config.cache import CacheConfig
+    from fw.core.interfaces import AttentionBackend
 
 
 class CudaPlatform(Platform):
@@ -38,8 +44,27 @@ class CudaPlatform(Platform):
         free, total = torch.cuda.mem_get_info()
         return MemoryInfo(free_bytes=free, total_bytes=total)
 
-    def attention_backend(self) -> str:
-        return "fw.core.attention.triton_backend:TritonAttentionBackend"
+    def attention_backend(self) -> type[AttentionBackend]:
+        from fw.plugins.platforms.cuda_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend
+
+    def profile_peak_memory(self, run_forward: Callable[[], None]) -> int | None:
+        torch.cuda.reset_peak_memory_stats()
+        run_forward()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        torch.cuda.empty_cache()  # give back what the forward's activations took
+        return peak
+
+    def kv_cache_budget(self, cache: CacheConfig, profile_peak_bytes: int | None) -> int:
+        if cache.kv_cache_memory_bytes is not None:
+            return cache.kv_cache_memory_bytes
+        memory = self.memory_info()
+        # Everything fw may use, minus what the weights and a full-batch forward took, minus
+        # what others hold on the device (used memory that torch did not reserve).
+        others = memory.total_bytes - memory.free_bytes - torch.cuda.memory_reserved()
+        return int(memory.total_bytes * cache.gpu_memory_utilization) - (profile_peak_bytes or 0) - others
 
     def describe(self) -> dict[str, str]:
         if not self.is_available():

@@ -68,7 +68,7 @@ def test_preemption_frees_the_latest_and_it_resumes_from_scratch():
     # "a" needs a third block to decode its 9th token: "bb" (the latest) is preempted.
     run_step(s)
     steps = run_step(s)
-    assert b.status == SequenceStatus.WAITING and b.num_preemptions == 1
+    assert b.status == SequenceStatus.WAITING and s.num_preemptions == 1
     assert b.block_ids == [] and b.num_computed_tokens == 0
     assert b.output_token_ids == [7, 7]  # its output so far is kept
     assert ("a", 1) in steps

@@ -25,8 +25,8 @@ def _interpreted(module) -> bool:
 @pytest.fixture(scope="session")
 def triton_ops() -> SimpleNamespace:
     """The kernel wrappers and the backend, plus the device their tensors must live on."""
-    from fw.core.attention import triton_backend
     from fw.kernels import triton_attention, triton_cache
+    from fw.plugins.platforms import cuda_attention
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if not interpret and not torch.cuda.is_available():
@@ -38,7 +38,7 @@ def triton_ops() -> SimpleNamespace:
     return SimpleNamespace(
         write_kv=triton_cache.write_kv,
         paged_attention=triton_attention.paged_attention,
-        backend=triton_backend.TritonAttentionBackend(),
+        backend=cuda_attention.TritonAttentionBackend(),
         interpreted=interpret,
         device=torch.device("cpu" if interpret else "cuda"),
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fw.core.models.layers.basic import rms_norm as torch_rms_norm
-from fw.core.models.layers.rotary import apply_rotary
+from fw.core.layers.ops import rms_norm as torch_rms_norm
+from fw.core.layers.rotary import apply_rotary
 from fw.kernels import cpu_ops
 
 pytestmark = pytest.mark.skipif(cpu_ops.load() is None, reason="no C compiler to build the CPU ops")

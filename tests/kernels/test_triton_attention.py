@@ -221,7 +221,7 @@ def test_paged_attention_rejects_bad_inputs(triton_ops):
 
 def test_importing_the_backend_needs_no_gpu_or_interpreter():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    code = ("import torch, fw.core.attention.triton_backend as b; "
+    code = ("import torch, fw.plugins.platforms.cuda_attention as b; "
             "assert not torch.cuda.is_initialized(); print(b.TritonAttentionBackend.name)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -304,8 +304,9 @@ def test_engine_with_triton_backend_generates_what_the_torch_backend_does(triton
     )
     expected = [out.outputs[0].token_ids for out in LLM(path, **options).generate(prompts, params, use_tqdm=False)]
 
-    triton_backend = "fw.core.attention.triton_backend:TritonAttentionBackend"
-    monkeypatch.setattr(CpuPlatform, "attention_backend", lambda self: triton_backend)
+    from fw.plugins.platforms.cuda_attention import TritonAttentionBackend
+
+    monkeypatch.setattr(CpuPlatform, "attention_backend", lambda self: TritonAttentionBackend)
     llm = LLM(path, **options)
     assert llm.engine.runner.backend.name == "triton"
     assert [out.outputs[0].token_ids for out in llm.generate(prompts, params, use_tqdm=False)] == expected

@@ -1,4 +1,5 @@
-"""The CPU attention backend against the plain reference, on random mixed batches."""
+"""The torch attention backend, and the CPU platform's (its C decode kernel), against the plain
+reference on random mixed batches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from fw.core.attention.torch_backend import DECODE_GROUP, TorchAttentionBackend
 from fw.core.forward_context import AttentionMetadata
 from fw.kernels.reference import paged_attention_ref, write_kv_ref
+from fw.plugins.platforms.cpu_attention import CpuAttentionBackend
 
 
 def random_batch(rng: random.Random, heads: int, kv_heads: int, head_dim: int, block_size: int, num_seqs: int,
@@ -50,9 +52,9 @@ def random_batch(rng: random.Random, heads: int, kv_heads: int, head_dim: int, b
     return q, k, v, cache, metadata
 
 
-@pytest.mark.parametrize("decode_kernel", [True, False], ids=["c-kernel", "sdpa"])
+@pytest.mark.parametrize("backend_class", [CpuAttentionBackend, TorchAttentionBackend], ids=["c-kernel", "sdpa"])
 @pytest.mark.parametrize("case", range(24))
-def test_matches_the_reference(case, decode_kernel):
+def test_matches_the_reference(case, backend_class):
     rng = random.Random(case)
     heads, kv_heads, head_dim = rng.choice([(4, 2, 16), (8, 8, 32), (6, 2, 8), (9, 3, 64), (8, 1, 16)])
     block_size = rng.choice([4, 8, 16])
@@ -61,10 +63,9 @@ def test_matches_the_reference(case, decode_kernel):
     window = rng.choice([None, None, 5, 17])
     q, k, v, cache, metadata = random_batch(rng, heads, kv_heads, head_dim, block_size, num_seqs, dtype)
 
-    backend = TorchAttentionBackend()
-    if decode_kernel and not backend.decode_kernel:
+    backend = backend_class()
+    if backend_class is CpuAttentionBackend and not backend.decode_kernel:
         pytest.skip("no C compiler to build the CPU decode kernel")
-    backend.decode_kernel = decode_kernel
     ours = cache.clone()
     out = backend.forward(q, k, v, ours, metadata, 0.3, window)
     expected_cache = cache.clone()

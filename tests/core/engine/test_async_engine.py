@@ -10,6 +10,7 @@ import pytest
 
 from fw import SamplingParams
 from fw.core.engine.async_engine import AsyncEngine, EngineDeadError, IterationStats
+from fw.core.engine.sampling_params import RequestOutputKind
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
@@ -76,6 +77,37 @@ def test_concurrent_requests_equal_offline_outputs_and_stats_add_up(llm, prompts
     assert stats[-1].kv_cache_usage == 0 and stats[-1].num_running == 0
 
 
+def test_deltas_that_queue_up_are_merged_and_no_token_is_lost(llm):
+    params = GREEDY.clone(max_tokens=40)
+    (offline,) = llm.generate(["the quick brown"], params, use_tqdm=False)
+    recorder = Recorder()
+    engine = AsyncEngine(llm.engine, [recorder])
+
+    async def slow_reader():
+        outputs = []
+        async for output in engine.generate("the quick brown", params.clone(output_kind=RequestOutputKind.DELTA), "d"):
+            outputs.append(output)
+            time.sleep(0.05)  # holds the event loop: meanwhile the engine thread queues several steps' deltas
+        return outputs
+
+    async def main():
+        final_only = params.clone(output_kind=RequestOutputKind.FINAL_ONLY)
+        return await asyncio.gather(slow_reader(), collect(engine, "the quick brown", final_only, "f"))
+
+    try:
+        deltas, finals = run(main())
+    finally:
+        engine.shutdown()
+    expected = offline.outputs[0]
+    assert 1 < len(deltas) < 40 and deltas[-1].finished
+    assert [t for d in deltas for t in d.outputs[0].token_ids] == expected.token_ids
+    assert "".join(d.outputs[0].text for d in deltas) == expected.text
+    (final,) = finals
+    assert final.finished and final.outputs[0].token_ids == expected.token_ids
+    assert final.outputs[0].text == expected.text
+    assert sum(s.num_generation_tokens for s in recorder.stats) == 2 * 40
+
+
 def test_a_bad_request_fails_alone_and_the_engine_keeps_serving(llm):
     engine = AsyncEngine(llm.engine)
 
@@ -117,7 +149,7 @@ def test_leaving_a_stream_early_aborts_the_request_and_frees_its_blocks(llm):
     try:
         run(main())
         until(lambda: engine.num_unfinished() == 0 and not llm.engine.has_unfinished_requests())
-        assert llm.engine.block_manager.usage == 0
+        assert llm.engine.stats().kv_cache_usage == 0
     finally:
         engine.shutdown()
     aborted = [f for s in recorder.stats for f in s.finished_requests]
@@ -158,4 +190,4 @@ def test_shutdown_ends_waiting_requests_and_the_thread(llm):
 
     run(main())
     assert not engine._thread.is_alive()
-    assert llm.engine.block_manager.usage == 0 and not llm.engine.has_unfinished_requests()
+    assert llm.engine.stats().kv_cache_usage == 0 and not llm.engine.has_unfinished_requests()

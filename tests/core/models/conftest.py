@@ -4,7 +4,8 @@
 scheduler: it appends chunks of tokens to sequences, hands out cache blocks from a
 shuffled free list (so a sequence's blocks are scattered, as they are in the engine),
 builds the flat batch and its AttentionMetadata, and runs the model in a forward
-context with the torch attention backend.
+context with the CPU platform's attention backend. ``build_twins`` builds our models
+with the CPU platform's ops, so the parity tests cover the kernels the engine runs here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from fw.core.attention.torch_backend import TorchAttentionBackend
 from fw.core.forward_context import AttentionMetadata, ForwardContext, forward_context
 from fw.core.interfaces.model import CausalLM
+from fw.core.layers.build import ModelBuildContext, building_model
+from fw.plugins.platforms.cpu import CpuPlatform
 
 
 @dataclass
@@ -37,7 +39,7 @@ class PagedRunner:
         self.kv_caches = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.free_block_ids = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(0)).tolist()
         self.sequences: dict[int, _Sequence] = {}
-        self.backend = TorchAttentionBackend()
+        self.backend = CpuPlatform().attention_backend()()
 
     def step(self, chunks: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
         """Append each ``(seq_id, token_ids)`` chunk in one forward; logits ``[len(chunk), vocab]`` per chunk."""
@@ -119,7 +121,8 @@ def build_twins(architectures):
     def build(config, seed: int = 0) -> tuple[torch.nn.Module, CausalLM]:
         torch.manual_seed(seed)
         hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-        model = architectures.get(type(hf_model).__name__)(config).eval()
+        with building_model(ModelBuildContext.for_platform(CpuPlatform(), torch.float32)):
+            model = architectures.get(type(hf_model).__name__)(config).eval()
         state_dict = hf_model.state_dict()
         loaded = model.load_weights(state_dict.items())
         assert loaded == set(state_dict), set(state_dict) ^ loaded

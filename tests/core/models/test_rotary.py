@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from fw.core.models.layers.rotary import apply_rotary, max_rope_positions, rope_parameters
+from fw.core.layers.rotary import apply_rotary, max_rope_positions, rope_parameters
 
 
 def test_rotation_equals_hf_rotate_half():

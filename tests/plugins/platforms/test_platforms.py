@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from fw.core.errors import PluginError
+from fw.core.interfaces import AttentionBackend
 from fw.core.model_files import select_platform
 from fw.core.plugins import load_plugins
 from fw.plugins.platforms import cpu
@@ -24,7 +28,7 @@ def test_cpu_is_always_available_and_describes_itself():
     assert platform.torch_device() == torch.device("cpu", 0)
     memory = platform.memory_info()
     assert 0 < memory.free_bytes <= memory.total_bytes
-    assert platform.attention_backend().startswith("fw.core.attention.")
+    assert issubclass(platform.attention_backend(), AttentionBackend)
     assert set(platform.supported_dtypes()) == {torch.float32, torch.bfloat16, torch.float16}
 
 
@@ -64,3 +68,43 @@ def test_cuda_platform_on_a_gpu():
     memory = platform.memory_info()
     assert 0 < memory.free_bytes <= memory.total_bytes
     assert "gpu" in platform.describe()
+
+
+
+def test_the_engine_profiles_and_budgets_through_its_platform(tiny_checkpoint, monkeypatch):
+    """What a GPU platform does at start-up, on the CPU: the engine runs the platform's profile
+    (a forward over a cache just big enough), then sizes the cache from the platform's budget."""
+    from fw import LLM
+    from fw.core.runner.model_runner import ModelRunner
+
+    seen = {}
+    real_dummy_run = ModelRunner.dummy_run
+
+    def dummy_run(self, num_tokens, block_manager):
+        seen["profiled_tokens"], seen["profile_blocks"] = num_tokens, self.kv_caches[0].shape[1]
+        real_dummy_run(self, num_tokens, block_manager)
+
+    def profile(self, run_forward):
+        run_forward()
+        return 12345
+
+    def budget(self, cache, profile_peak_bytes):
+        seen["peak"] = profile_peak_bytes
+        return 100 * 8192  # 100 blocks of this checkpoint's 8 KiB
+
+    monkeypatch.setattr(ModelRunner, "dummy_run", dummy_run)
+    monkeypatch.setattr(CpuPlatform, "profile_peak_memory", profile)
+    monkeypatch.setattr(CpuPlatform, "kv_cache_budget", budget)
+    llm = LLM(str(tiny_checkpoint("llama")), max_num_batched_tokens=64, max_num_seqs=4)
+    assert seen == {"profiled_tokens": 64, "profile_blocks": 4, "peak": 12345}
+    assert llm.engine.block_manager.num_blocks == 100 and llm.engine.runner.kv_caches[0].shape[1] == 100
+
+
+def test_listing_the_platforms_imports_no_kernel():
+    # Platforms import their kernels inside the methods that return them.
+    code = ("import sys; from fw.core.plugins import load_plugins; plugins = load_plugins(env={}); "
+            "[r.obj.is_available() for r in plugins.platforms.registrations()]; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fw.kernels', 'triton'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

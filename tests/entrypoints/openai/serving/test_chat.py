@@ -7,7 +7,7 @@ from typing import ClassVar
 import pytest
 
 from fw.core.engine.sampling_params import SamplingParams
-from fw.entrypoints.openai.chat_utils import detect_content_format
+from fw.entrypoints.chat_utils import detect_content_format
 from fw.core.interfaces import DeltaMessage, ReasoningParser
 from fw.core.plugins import load_plugins
 from fw.core.registry import PluginInfo
@@ -191,6 +191,45 @@ def test_sandbox_escape_in_a_trusted_template_is_refused(make_api, escape, tmp_p
     error = api.error("chat_completions", {"messages": [{"role": "user", "content": "hi"}], "chat_template": escape})
     assert error.status_code == 400 and "sandbox" in error.message
     assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- one renderer for LLM.chat and the server
+
+BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+PARTS_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{% for p in m['content'] %}{{ p['text'] }}{% endfor %}"
+                  "</s>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TOOLS_TEMPLATE = ("{% if tools %}<|system|>{{ tools | length }} tools</s>{% endif %}{% for m in messages %}"
+                  "<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}{{ flavor | default('') }}"
+                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATES = {"the model's": None, "bos": BOS_TEMPLATE, "content parts": PARTS_TEMPLATE, "tools": TOOLS_TEMPLATE}
+CONVERSATIONS = {
+    "plain": dict(messages=MESSAGES),
+    "parts": dict(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                         {"type": "text", "text": "b"}]}]),
+    "continue": dict(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the qu"}],
+                     continue_final_message=True),
+    "no generation prompt": dict(messages=MESSAGES, add_generation_prompt=False),
+    "tools and kwargs": dict(messages=MESSAGES, tools=[{"type": "function", "function": {"name": "f"}}],
+                             chat_template_kwargs={"flavor": "mint"}),
+}
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+@pytest.mark.parametrize("case", list(CONVERSATIONS))
+def test_llm_chat_and_the_server_give_the_same_prompt_token_ids(make_api, llm, template, case):
+    body, chat_template = CONVERSATIONS[case], TEMPLATES[template]
+    api = make_api(chat_template=chat_template)
+    server_ids = api.tokenize(**body)["tokens"]
+    assert api.chat(**body, max_tokens=1)["usage"]["prompt_tokens"] == len(server_ids)
+    (output,) = llm.chat(body["messages"], SamplingParams(max_tokens=1), use_tqdm=False, chat_template=chat_template,
+                         add_generation_prompt=body.get("add_generation_prompt", True),
+                         continue_final_message=body.get("continue_final_message", False),
+                         tools=body.get("tools"), chat_template_kwargs=body.get("chat_template_kwargs"))
+    assert output.prompt_token_ids == server_ids
+    if chat_template is BOS_TEMPLATE:
+        bos = api.serving.tokenizer.bos_token_id
+        assert server_ids[0] == bos and server_ids[1] != bos  # the template's BOS, once
 
 
 # ---------------------------------------------------------------- reasoning

@@ -1,4 +1,4 @@
-"""Paged attention in Triton kernels (the CUDA platform's backend).
+"""Paged attention in Triton kernels: the CUDA platform's backend (``CudaPlatform.attention_backend``).
 
 Two launches per layer and no host work that depends on the batch's contents: the cache
 write, then one unified kernel over the whole mixed batch (decodes, prefills and prefill

@@ -4,7 +4,8 @@ The frequencies come from transformers' own RoPE init functions
 (``ROPE_INIT_FUNCTIONS``: linear, dynamic, llama3, yarn), so scaled checkpoints get
 exactly the numbers Hugging Face uses; the cos/sin table and the rotation are ours.
 The rotation is the "neox" half-split (HF Llama's ``rotate_half``): GGUF weights arrive
-already un-permuted, so one rotation serves every checkpoint format.
+already un-permuted, so one rotation serves every checkpoint format. ``apply_rotary`` is
+its torch form; attention layers rotate through the platform's ``rotary_neox`` op.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 from fw.core.forward_context import get_forward_context
-from fw.kernels import cpu_ops
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -90,14 +90,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [T, 1, D/2]
     x1, x2 = x.chunk(2, dim=-1)  # [T, H, D/2] each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """``apply_rotary`` to q and k; on the CPU in place, in one C pass, when it can."""
-    if cpu_ops.supports(q, k, cos, sin) and cos.stride(0) == sin.stride(0):
-        cpu_ops.rotary_neox_(q, k, cos, sin)
-        return q, k
-    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
 class RotaryEmbedding(nn.Module):

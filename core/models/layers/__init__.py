@@ -1,1 +1,0 @@
-"""Building blocks of the native models: rotary embedding, RMSNorm, fused-projection loading."""
