@@ -18,14 +18,15 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fw.core.engine.outputs import CompletionOutput, RequestOutput
-    from fw.core.engine.sampling_params import SamplingParams
+    from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
     from fw.entrypoints.llm import LLM
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "__version__"]
+__all__ = ["LLM", "SamplingParams", "RequestOutputKind", "RequestOutput", "CompletionOutput", "__version__"]
 
 _LAZY = {
     "LLM": "fw.entrypoints.llm",
     "SamplingParams": "fw.core.engine.sampling_params",
+    "RequestOutputKind": "fw.core.engine.sampling_params",
     "RequestOutput": "fw.core.engine.outputs",
     "CompletionOutput": "fw.core.engine.outputs",
 }

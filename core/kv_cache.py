@@ -58,13 +58,14 @@ class BlockManager:
     def _salt(self, seq: Sequence) -> str | None:
         return None if self.enable_prefix_caching else seq.request_id
 
-    def _full_block_hashes(self, seq: Sequence, num_tokens: int) -> list[bytes]:
-        """Hashes of the full blocks among the first ``num_tokens`` tokens (memoised on the sequence)."""
+    def _hash_full_blocks(self, seq: Sequence, num_tokens: int) -> int:
+        """Extend ``seq.block_hashes`` (memoised) to the full blocks among the first ``num_tokens``
+        tokens; returns how many blocks that is."""
         bs = self.block_size
         hashes = seq.block_hashes
         for i in range(len(hashes), num_tokens // bs):
             hashes.append(hash_block(hashes[i - 1] if i else None, seq.tokens_slice(i * bs, (i + 1) * bs), self._salt(seq)))
-        return hashes[: num_tokens // bs]
+        return num_tokens // bs
 
     def lookup_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding a prefix of ``seq``'s tokens; no side effects.
@@ -74,7 +75,7 @@ class BlockManager:
         if seq.params.prompt_logprobs is not None:
             return []  # cached positions have no logits to report
         blocks = []
-        for h in self._full_block_hashes(seq, seq.num_tokens - 1):
+        for h in seq.block_hashes[:self._hash_full_blocks(seq, seq.num_tokens - 1)]:
             block = self.cached.get(h)
             if block is None:
                 break
@@ -107,6 +108,7 @@ class BlockManager:
                 del self.free_blocks[block]
             self.ref_counts[block] += 1
         seq.block_ids = list(cached_blocks)
+        seq.num_published_blocks = len(cached_blocks)
         seq.num_computed_tokens = seq.num_cached_tokens = len(cached_blocks) * self.block_size
         if seq.leader is None:  # siblings' shared prompt is not a cache hit the user asked for
             self.num_prefix_queries += seq.num_tokens
@@ -132,13 +134,14 @@ class BlockManager:
         return block
 
     def cache_computed_blocks(self, seq: Sequence) -> None:
-        """Publish the hashes of ``seq``'s blocks that are now full and computed."""
-        hashes = self._full_block_hashes(seq, seq.num_computed_tokens)
-        for i, h in enumerate(hashes):
-            block = seq.block_ids[i]
+        """Publish the hashes of ``seq``'s blocks that became full and computed since the last call."""
+        num_full = self._hash_full_blocks(seq, seq.num_computed_tokens)
+        for i in range(seq.num_published_blocks, num_full):
+            block, h = seq.block_ids[i], seq.block_hashes[i]
             if self.block_hash[block] is None and h not in self.cached:
                 self.block_hash[block] = h
                 self.cached[h] = block
+        seq.num_published_blocks = max(seq.num_published_blocks, num_full)
 
     def free(self, seq: Sequence) -> None:
         """Release every block of ``seq`` at once."""
@@ -154,7 +157,7 @@ class BlockManager:
                 if self.block_hash[block] is None:
                     self.free_blocks.move_to_end(block, last=False)
         seq.block_ids = []
-        seq.num_computed_tokens = 0
+        seq.num_computed_tokens = seq.num_published_blocks = 0
 
     def slot(self, seq: Sequence, position: int) -> int:
         return seq.block_ids[position // self.block_size] * self.block_size + position % self.block_size

@@ -4,8 +4,8 @@ add, SiLU-and-multiply, neox rotary embedding, and temperature sampling.
 Each replaces a chain of small torch ops, whose dispatch and temporaries dominate a decode
 step on a CPU once the matmuls are done. The CPU platform decides once, when a model is
 built, whether its ops are these (``CpuPlatform.ops``); the wrappers check each call's
-dtypes and strides and raise rather than read memory wrongly. ``supports(tensor)`` says
-whether tensors can take them. ``FW_CPU_OPS=0`` turns them off.
+dtypes and strides and raise rather than read memory wrongly. ``FW_CPU_OPS=0`` turns them
+off.
 """
 
 from __future__ import annotations
@@ -42,13 +42,6 @@ def load() -> ctypes.CDLL | None:
         function = getattr(library, name)
         function.restype, function.argtypes = ctypes.c_int, argtypes
     return library
-
-
-def supports(*tensors: torch.Tensor) -> bool:
-    """Whether these tensors (sharing a dtype) can go through the C ops."""
-    first = tensors[0]
-    return (first.device.type == "cpu" and first.dtype in DTYPES and not torch.is_grad_enabled()
-            and all(t.dtype == first.dtype and t.stride(-1) == 1 for t in tensors) and load() is not None)
 
 
 def _check_args(name: str, *tensors: torch.Tensor) -> None:

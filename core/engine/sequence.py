@@ -58,6 +58,9 @@ class Sequence:
     block_ids: list[int] = field(default_factory=list)
     # Hash of each full block of token_ids, in order (filled as blocks fill).
     block_hashes: list[bytes] = field(default_factory=list)
+    # How many of block_ids the prefix cache knows (published or taken from it); a step
+    # publishes only the blocks after these, so its cost does not grow with the output.
+    num_published_blocks: int = 0
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[PositionLogprobs] = field(default_factory=list)

@@ -51,9 +51,8 @@ class SamplingBatch:
 
         bias_rows, bias_ids, bias_values, banned_rows, banned_ids, allowed_rows, allowed_ids = ([] for _ in range(7))
         for row, (seq, p) in enumerate(zip(seqs, params)):
-            for token_id, value in (p.logit_bias or {}).items():
-                if 0 <= token_id < vocab_size:
-                    bias_rows.append(row), bias_ids.append(token_id), bias_values.append(value)
+            for token_id, value in (p.logit_bias or {}).items():  # ids checked by LLMEngine.add_request
+                bias_rows.append(row), bias_ids.append(token_id), bias_values.append(value)
             if p.allowed_token_ids:
                 allowed_rows += [row] * len(p.allowed_token_ids)
                 allowed_ids += p.allowed_token_ids

@@ -104,7 +104,6 @@ def test_turned_off_by_the_environment(monkeypatch):
     cpu_ops.load.cache_clear()
     try:
         assert cpu_ops.load() is None
-        assert not cpu_ops.supports(torch.zeros(2, 2))
     finally:
         monkeypatch.delenv("FW_CPU_OPS")
         cpu_ops.load.cache_clear()

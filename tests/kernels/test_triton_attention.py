@@ -22,6 +22,8 @@ import torch
 from fw.core.forward_context import AttentionMetadata
 from fw.kernels.reference import paged_attention_ref, write_kv_ref
 
+pytestmark = pytest.mark.slow  # sweeps in the Triton interpreter
+
 TOLERANCES = {torch.float32: (2e-5, 1e-5), torch.float16: (3e-3, 1e-2), torch.bfloat16: (2e-2, 2e-2)}
 
 

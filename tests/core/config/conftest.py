@@ -16,11 +16,8 @@ class ToyQuantMethod(QuantizationMethod):
     def from_config(cls, quant_config):
         return cls()
 
-    def create_weights(self, layer, input_size, output_size, params_dtype):
-        raise NotImplementedError("a toy")
-
-    def apply(self, layer, x, bias=None):
-        raise NotImplementedError("a toy")
+    def get_linear_method(self, prefix):
+        return None  # registered for its name only: the CLI tests never build a model with it
 
 
 class ToyToolParser(ToolParser):

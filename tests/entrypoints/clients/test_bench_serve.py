@@ -11,6 +11,8 @@ import pytest
 from fw.entrypoints.bench_serve import RequestResult, arrival_gaps
 from fw.entrypoints.bench_serve_report import compute_metrics
 
+pytestmark = pytest.mark.slow  # a real fw serve process
+
 NUM_PROMPTS, INPUT_LEN, OUTPUT_LEN = 6, 16, 8
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,6 +7,8 @@ import socket
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real fw serve process
+
 MAX_TOKENS = 12
 GREEDY = ["--temperature", "0", "--max-tokens", str(MAX_TOKENS)]
 

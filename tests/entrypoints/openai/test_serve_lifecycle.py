@@ -13,6 +13,8 @@ import time
 import pytest
 import requests
 
+pytestmark = pytest.mark.slow  # real fw serve processes
+
 openai = pytest.importorskip("openai")
 psutil = pytest.importorskip("psutil")
 

@@ -13,6 +13,8 @@ import requests
 
 from fw import __version__
 
+pytestmark = pytest.mark.slow  # a real fw serve process
+
 openai = pytest.importorskip("openai")
 
 SERVED_NAMES = ["tiny", "tiny-alias"]

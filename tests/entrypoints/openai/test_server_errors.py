@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import requests
 
+pytestmark = pytest.mark.slow  # a real fw serve process
+
 openai = pytest.importorskip("openai")
 
 

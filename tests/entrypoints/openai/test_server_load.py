@@ -14,6 +14,8 @@ import requests
 openai = pytest.importorskip("openai")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real fw serve process under load
+
 WORDS = "the quick brown fox jumps over lazy dog journey thousand miles begins single step".split()
 METRIC_NAMES = ["fw:num_requests_running", "fw:num_requests_waiting", "fw:kv_cache_usage_perc",
                 "fw:prefix_cache_queries", "fw:prefix_cache_hits", "fw:prompt_tokens", "fw:generation_tokens",

@@ -19,6 +19,8 @@ from fw.plugins.loaders import default_model
 from fw.plugins.loaders.default_model import DefaultModelSource, default_model_path, ensure_default_model
 from fw.plugins.loaders.gguf_loader import GGUFLoader
 
+pytestmark = pytest.mark.slow  # the embedded default model (fetched once, 100 MB)
+
 
 @pytest.fixture(scope="module")
 def default_gguf():

@@ -14,6 +14,8 @@ from fw.core.errors import FwError
 from fw.plugins.loaders.default_model import ensure_default_model
 from fw.plugins.loaders.gguf_loader import GGUFLoader
 
+pytestmark = pytest.mark.slow  # the embedded default model (fetched once, 100 MB)
+
 
 @pytest.fixture(scope="module")
 def default_gguf():
