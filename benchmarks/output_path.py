@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--logprobs", type=int, default=1,
                         help="Top logprobs per token (the old output path copied and re-summed them every step).")
     parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--output-kind", choices=["default", "delta", "final_only", "cumulative"], default="default",
+                        help="SamplingParams.output_kind where the fw measured has it (the server streams DELTA, "
+                        "fw.LLM asks FINAL_ONLY); 'default' leaves it unset, the only choice older fw has.")
     args = parser.parse_args()
 
     from fw import SamplingParams
@@ -120,12 +123,17 @@ def main() -> None:
                                                      "kv_cache_memory_bytes": 64 * 2**20}))
     prompt_ids = [5 + i % 300 for i in range(args.prompt_len)]
     greedy = dict(temperature=0.0, ignore_eos=True, logprobs=args.logprobs)
+    if args.output_kind != "default":
+        from fw.core.engine.sampling_params import RequestOutputKind
+
+        greedy["output_kind"] = RequestOutputKind[args.output_kind.upper()]
     timed_steps(engine, prompt_ids, SamplingParams(max_tokens=32, **greedy))  # warm-up
     steps = timed_steps(engine, prompt_ids, SamplingParams(max_tokens=args.num_tokens, **greedy))
     # Step i (from 0) samples output token i + 1: the prompt fits in the first step.
     print(describe_fw())
     print(f"one request, {args.num_tokens} output tokens after a {args.prompt_len}-token prompt, greedy, "
-          f"ignore_eos, logprobs={args.logprobs}; tiny random Llama (float32, CPU); {len(steps)} steps")
+          f"ignore_eos, logprobs={args.logprobs}, output kind {args.output_kind}; tiny random Llama (float32, CPU); "
+          f"{len(steps)} steps")
     print(f"{'':<22} {'steps':>6} {'step ms':>9} {'forward ms':>11} {'outside ms':>11} {'outside p50':>11}")
     first_row, first = summarize(f"first {window} tokens", steps[:window])
     last_row, last = summarize(f"last {window} tokens", steps[-window:])

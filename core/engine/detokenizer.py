@@ -34,16 +34,23 @@ class IncrementalDetokenizer:
         self.token_ids = list(prompt_token_ids[-INITIAL_OFFSET:])
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
-        # All text decoded so far; its first num_released characters have been released.
-        self.text = ""
-        self.num_released = 0
+        # The text is kept in two parts so that a step costs the same however long the output:
+        # the released chunks (never touched again) and the pending text decoded after them,
+        # which a stop string could still cut. ``_recent`` is the end of the released text, as
+        # much of it as a stop string could overlap (with include_stop_str_in_output).
+        self._released: list[str] = []
+        self._pending = ""
+        self._recent = ""
+        self._recent_size = max((len(stop) for stop in self.stop), default=0)
         # The stop string that ended the text, once one did.
         self.stop_string: str | None = None
 
     @property
     def output_text(self) -> str:
         """The text released so far (all of it once the output finished)."""
-        return self.text[:self.num_released]
+        if len(self._released) > 1:
+            self._released[:] = ["".join(self._released)]
+        return self._released[0] if self._released else ""
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(
@@ -66,27 +73,35 @@ class IncrementalDetokenizer:
             return ""  # an incomplete character, or a token that renders as nothing
         delta = full_text[len(prefix_text):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
-        self.text += delta
+        self._pending += delta
         if check_stop and self.stop:
-            found = find_stop_string(self.text, len(delta), self.stop)
+            # Every occurrence that ends in the new text starts after the released text, or
+            # (with include_stop_str_in_output) overlaps only its last _recent characters.
+            window = self._recent + self._pending
+            found = find_stop_string(window, len(delta), self.stop)
             if found is not None:
                 stop, index = found
-                self.text = self.text[:index + len(stop) if self.include_stop_str_in_output else index]
+                end = index + len(stop) if self.include_stop_str_in_output else index
+                self._pending = window[len(self._recent):end]
                 self.stop_string = stop
-                return self._release(len(self.text))
-        return self._release(len(self.text) - self._num_held_back())
+                return self._release(len(self._pending))
+        return self._release(len(self._pending) - self._num_held_back())
 
     def finish(self) -> str:
         """At the end of the output: release the rest, even an incomplete character."""
         if self.read_offset < len(self.token_ids):
             prefix_text = self._decode(self.token_ids[self.prefix_offset:self.read_offset])
-            self.text += self._decode(self.token_ids[self.prefix_offset:])[len(prefix_text):]
+            self._pending += self._decode(self.token_ids[self.prefix_offset:])[len(prefix_text):]
             self.prefix_offset = self.read_offset = len(self.token_ids)
-        return self._release(len(self.text))
+        return self._release(len(self._pending))
 
-    def _release(self, end: int) -> str:
-        delta = self.text[self.num_released:end]
-        self.num_released = end
+    def _release(self, num_chars: int) -> str:
+        """Release the first ``num_chars`` characters of the pending text."""
+        delta, self._pending = self._pending[:num_chars], self._pending[num_chars:]
+        if delta:
+            self._released.append(delta)
+            if self._recent_size:
+                self._recent = (self._recent + delta)[-self._recent_size:]
         return delta
 
     def _num_held_back(self) -> int:
@@ -95,12 +110,12 @@ class IncrementalDetokenizer:
         Only such a tail can be cut later: a stop string is found when it ends in new text, and
         is cut from where it starts. The held-back tail only moves forward as text is added (a
         shorter text's tail that begins a stop string would begin it too), so released text stays
-        released. With ``include_stop_str_in_output`` the cut is after the stop string, in text
-        not yet released, so nothing is held back.
+        released, and it lies within the pending text. With ``include_stop_str_in_output`` the
+        cut is after the stop string, in text not yet released, so nothing is held back.
         """
         if self.include_stop_str_in_output:
             return 0
-        text = self.text
+        text = self._pending
         longest = 0
         for stop in self.stop:
             for length in range(min(len(stop) - 1, len(text)), longest, -1):

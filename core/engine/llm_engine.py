@@ -30,6 +30,7 @@ from fw.core.plugins import Plugins, load_plugins
 from fw.core.runner.model_runner import ModelRunner, StepResult
 from fw.core.scheduler import Scheduler
 
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, plugins: Plugins | None = None) -> None:
         self.config = config

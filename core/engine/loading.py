@@ -210,8 +210,7 @@ def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:
     cfg = text_config(loaded.hf_config)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    if config.cache.kv_cache_dtype != "auto":
-        raise FwError(f"--kv-cache-dtype {config.cache.kv_cache_dtype} is not supported yet; use auto")
+    # The cache is stored in the model's dtype: EngineConfig refuses other --kv-cache-dtype values.
     return KVCacheSpec(cfg.num_hidden_layers, num_kv_heads, head_dim, config.cache.block_size, loaded.dtype)
 
 
