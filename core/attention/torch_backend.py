@@ -23,12 +23,14 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``seq_len`` keys and values of one sequence: two ``[seq_len, num_kv_heads, head_dim]``."""
+    """The first ``seq_len`` keys and values of one sequence: two ``[seq_len, num_kv_heads, head_dim]``.
+
+    Whole blocks are gathered (one index_select) and the last one trimmed.
+    """
     block_size = kv_cache.shape[2]
-    positions = torch.arange(seq_len, device=kv_cache.device)
-    blocks = block_table[positions // block_size].long()
-    offsets = positions % block_size
-    return kv_cache[0, blocks, offsets], kv_cache[1, blocks, offsets]
+    blocks = block_table[:(seq_len + block_size - 1) // block_size].long()
+    kv = kv_cache.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # [2, seq_len, Hkv, D]
+    return kv[0], kv[1]
 
 
 #: Decodes attended together in one SDPA call (see TorchAttentionBackend._decode).
