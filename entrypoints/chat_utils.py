@@ -15,7 +15,10 @@ conversation becomes the same token ids offline and over HTTP.
 4. The token ids: the text encoded without special tokens by default, since the template
    writes them (BOS...) itself.
 
-Problems with the template or the messages raise ``InvalidRequestError`` naming the field.
+Problems with the template or the messages raise ``InvalidRequestError`` naming the field. A
+server runs steps 1 to 3 off its event loop (:func:`render_chat_text`), and templates sent by
+clients in a separate process under a time and a size budget
+(``fw.entrypoints.openai.template_sandbox``).
 This module needs jinja2 and nothing of the server (no fastapi, no pydantic), so that
 ``fw.LLM`` imports it where the server's packages are not installed.
 """
@@ -23,6 +26,7 @@ This module needs jinja2 and nothing of the server (no fastapi, no pydantic), so
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +82,7 @@ def detect_content_format(template: str) -> ContentFormat:
     """'openai' when the template loops over a message's content (a list of parts), else 'string'."""
     try:
         ast = ImmutableSandboxedEnvironment().parse(template)
-    except jinja2.TemplateSyntaxError:
+    except (jinja2.TemplateSyntaxError, RecursionError):
         return "string"  # rendering will report the error
     content_names = {
         node.target.name
@@ -121,24 +125,55 @@ def to_conversation(messages: list[dict[str, Any]], content_format: ContentForma
     return conversation
 
 
-def render_chat(tokenizer: Any, conversation: list[dict[str, Any]], template: str, *,
-                add_generation_prompt: bool, continue_final_message: bool,
-                tools: list[dict[str, Any]] | None, template_kwargs: dict[str, Any] | None) -> str:
-    """The prompt text for a conversation, rendered in the sandbox."""
-    template_kwargs = template_kwargs or {}
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Everything a chat template renders from: what :func:`prepare_chat` built."""
+
+    conversation: list[dict[str, Any]]
+    template: str
+    add_generation_prompt: bool
+    continue_final_message: bool
+    tools: list[dict[str, Any]] | None
+    template_kwargs: dict[str, Any]
+
+
+def prepare_chat(tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None,
+                 content_format: ContentFormat | Literal["auto"] = "auto", add_generation_prompt: bool = True,
+                 continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> ChatPrompt:
+    """Steps 1 and 2: the template and the conversation as it reads it (cheap; nothing renders yet)."""
+    try:
+        template = tokenizer.get_chat_template(chat_template)
+    except ValueError:
+        raise InvalidRequestError("the model has no chat template; give one (fw serve --chat-template, "
+                                  "or LLM.chat(chat_template=...))") from None
+    template_kwargs = chat_template_kwargs or {}
     reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(template_kwargs))
     if reserved:
         raise InvalidRequestError(f"chat_template_kwargs cannot set {', '.join(reserved)}; use the request's own "
                                   "fields", "chat_template_kwargs")
+    if content_format == "auto":
+        content_format = detect_content_format(template)
+    return ChatPrompt(to_conversation(messages, content_format), template, add_generation_prompt,
+                      continue_final_message, tools, template_kwargs)
+
+
+def render_chat(tokenizer: Any, prompt: ChatPrompt) -> str:
+    """Step 3: the prompt text, rendered in the sandbox.
+
+    A template is a program run on the request's data: whatever it raises (a template error, a
+    sandbox refusal, ``range()`` past the sandbox's limit, recursion too deep) is the request's
+    problem, an ``InvalidRequestError``. ``MemoryError`` is left to the caller.
+    """
     try:
         return tokenizer.apply_chat_template(
-            conversation,
-            tools=tools,
-            chat_template=template,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
+            prompt.conversation,
+            tools=prompt.tools,
+            chat_template=prompt.template,
+            add_generation_prompt=prompt.add_generation_prompt,
+            continue_final_message=prompt.continue_final_message,
             tokenize=False,
-            **template_kwargs,
+            **prompt.template_kwargs,
         )
     except jinja2.exceptions.SecurityError as e:
         raise InvalidRequestError(f"the chat template tried an operation the sandbox forbids: {e}") from None
@@ -147,26 +182,33 @@ def render_chat(tokenizer: Any, conversation: list[dict[str, Any]], template: st
     except (ValueError, TypeError) as e:
         # transformers' messages (e.g. for continue_final_message) go on to dump the whole chat
         raise InvalidRequestError(f"the conversation could not be rendered: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise InvalidRequestError("the chat template could not be rendered: it recursed too deeply") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        first_line = (str(e).splitlines() or [""])[0][:500]
+        raise InvalidRequestError(f"the chat template could not be rendered: {type(e).__name__}: {first_line}") \
+            from None
 
 
-def render_chat_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None,
-                       content_format: ContentFormat | Literal["auto"] = "auto", add_generation_prompt: bool = True,
-                       continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
-                       chat_template_kwargs: dict[str, Any] | None = None,
-                       add_special_tokens: bool = False) -> tuple[str, list[int]]:
+def render_chat_text(tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None,
+                     content_format: ContentFormat | Literal["auto"] = "auto", add_generation_prompt: bool = True,
+                     continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
+                     chat_template_kwargs: dict[str, Any] | None = None) -> str:
+    """Steps 1 to 3: the prompt text a conversation renders to."""
+    return render_chat(tokenizer, prepare_chat(
+        tokenizer, messages, chat_template=chat_template, content_format=content_format,
+        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message, tools=tools,
+        chat_template_kwargs=chat_template_kwargs))
+
+
+def render_chat_prompt(tokenizer: Any, messages: list[dict[str, Any]], *, add_special_tokens: bool = False,
+                       **options: Any) -> tuple[str, list[int]]:
     """The prompt a conversation renders to: its text and its token ids (see the module's steps).
 
-    ``chat_template`` is the template itself (:func:`load_chat_template` reads a file), or None
-    for the tokenizer's own.
+    ``options`` are :func:`render_chat_text`'s: ``chat_template`` is the template itself
+    (:func:`load_chat_template` reads a file), or None for the tokenizer's own.
     """
-    try:
-        template = tokenizer.get_chat_template(chat_template)
-    except ValueError:
-        raise InvalidRequestError("the model has no chat template; give one (fw serve --chat-template, "
-                                  "or LLM.chat(chat_template=...))") from None
-    if content_format == "auto":
-        content_format = detect_content_format(template)
-    text = render_chat(tokenizer, to_conversation(messages, content_format), template,
-                       add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                       tools=tools, template_kwargs=chat_template_kwargs)
+    text = render_chat_text(tokenizer, messages, **options)
     return text, tokenizer.encode(text, add_special_tokens=add_special_tokens)

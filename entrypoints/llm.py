@@ -46,7 +46,15 @@ class LLM:
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt; outputs come back in input order."""
+        """Generate for every prompt; outputs come back in input order.
+
+        An invalid prompt or parameter raises ``InvalidRequestError`` before anything runs. A
+        request that fails inside a step (processing its data raised) does not stop the batch:
+        as vLLM's ``FinishReason.ERROR``, its output is finished with finish reason "error" on
+        its samples, no text, and ``RequestOutput.error`` saying why (the traceback is logged);
+        the other prompts' outputs are as they would be without it. ``EngineDeadError`` is
+        raised when the model cannot run at all.
+        """
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         prompts = list(prompts)

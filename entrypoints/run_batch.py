@@ -17,6 +17,9 @@ A request the handler rejects gets its status code and OpenAI error body in ``re
 (as OpenAI's batch API reports them); a line that is not a request at all (bad JSON, no
 ``custom_id``, an unknown ``url`` or ``method``) gets ``"response": null`` and
 ``"error": {"code", "message"}``. No line is lost and none stops the others.
+
+The engine's queue is bounded (``--max-num-queued-reqs``): a batch larger than it waits its
+turn (a refused request is retried after the engine's ``retry_after``) rather than fail.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from tqdm import tqdm
 
 from fw.core.config import ENGINE_CONFIG_CLASSES, ConfigError, EngineConfig, FrontendConfig
 from fw.entrypoints.commands import config_values
-from fw.core.errors import FwError
+from fw.core.errors import EngineOverloadedError, FwError
 
 if TYPE_CHECKING:
     from fw.entrypoints.openai.serving import OpenAIServing
     from fw.core.plugins import Plugins
 
 logger = logging.getLogger(__name__)
+
+#: The longest a request refused by a full queue waits before it tries again (seconds).
+MAX_RETRY_WAIT = 1.0
 
 #: Batch ``url`` -> the OpenAIServing method that handles it.
 HANDLERS = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions"}
@@ -107,18 +113,26 @@ def _invalid_output(line: InvalidLine) -> dict:
 
 async def run_request(serving: OpenAIServing, request: BatchRequest) -> dict:
     """One request through its handler; every outcome, internal errors included, is an output line."""
-    from fw.entrypoints.openai.errors import APIError, error_body
+    from fw.entrypoints.openai.errors import APIError, error_body, from_engine_error
 
     request_id = f"batch-{uuid.uuid4().hex}"
     handler = getattr(serving, HANDLERS[request.url])
-    try:
-        body = await handler(request.body, request_id)
-        status_code = 200
-    except APIError as exc:
-        body, status_code = exc.body(), exc.status_code
-    except Exception as exc:  # a bug or a dead engine must not take the other requests down
-        logger.exception("request %s (custom_id %s) failed", request_id, request.custom_id)
-        body, status_code = error_body(f"internal error: {exc}", 500, "InternalServerError"), 500
+    while True:
+        try:
+            body = await handler(request.body, request_id)
+            status_code = 200
+        except EngineOverloadedError as exc:  # the queue is full: a batch waits for its turn
+            await asyncio.sleep(min(exc.retry_after, MAX_RETRY_WAIT))
+            continue
+        except APIError as exc:
+            body, status_code = exc.body(), exc.status_code
+        except Exception as exc:  # a bug or a dead engine must not take the other requests down
+            error = from_engine_error(exc)
+            if error is None:
+                logger.exception("request %s (custom_id %s) failed", request_id, request.custom_id)
+                error = APIError(f"internal error: {exc}", 500, "InternalServerError")
+            body, status_code = error.body(), error.status_code
+        break
     if not isinstance(body, dict):  # the handler streamed although streaming was switched off
         body, status_code = error_body("the request handler returned a stream", 500, "InternalServerError"), 500
     return _output_line(request.custom_id, {"status_code": status_code, "request_id": request_id, "body": body}, None)

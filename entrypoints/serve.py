@@ -113,27 +113,32 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve_engine(engine: LLMEngine, config: EngineConfig, frontend: FrontendConfig,
                  served_names: tuple[str, ...], plugins: Plugins, sock: socket.socket) -> int:
-    """Serve ``engine`` over HTTP on ``sock`` until SIGINT/SIGTERM; returns the exit code (0)."""
+    """Serve ``engine`` over HTTP on ``sock`` until SIGINT/SIGTERM; returns the exit code (0, or 1
+    when the engine died)."""
     from prometheus_client import CollectorRegistry
 
     from fw.core.engine.async_engine import AsyncEngine
     from fw.entrypoints.openai.api_server import build_app, run_server
-    from fw.entrypoints.openai.serving import OpenAIServing
     from fw.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+    from fw.entrypoints.openai.serving import OpenAIServing
+    from fw.entrypoints.openai.shutdown import Lifecycle
 
     configure_logging()
     registry = CollectorRegistry()
     log_stats = None if config.observability.disable_log_stats else LoggingStatLogger()
     stat_loggers = [PrometheusStatLogger(served_names[0], registry), *([log_stats] if log_stats else [])]
-    async_engine = AsyncEngine(engine, stat_loggers)
+    lifecycle = Lifecycle(frontend.shutdown_timeout)
+    async_engine = AsyncEngine(engine, stat_loggers, on_dead=lifecycle.engine_died)
     try:
         serving = OpenAIServing(async_engine, served_names, frontend, plugins)
-        app = build_app(async_engine, serving, frontend, served_names, registry, log_stats)
+        app = build_app(async_engine, serving, frontend, served_names, registry, log_stats, lifecycle)
         print(f"fw serve: {server_address(sock, frontend)}", flush=True)
-        run_server(app, frontend, sock)
+        code = run_server(app, frontend, sock)
     finally:
         async_engine.shutdown()
-    return 0
+    if code:
+        print("fw serve: the engine died; exiting 1", file=sys.stderr, flush=True)
+    return code
 
 
 def server_address(sock: socket.socket, frontend: FrontendConfig) -> str:

@@ -1,8 +1,12 @@
-"""Shared test set-up: GPU tests skip visibly where no GPU is present."""
+"""Shared test set-up: GPU tests skip visibly where no GPU is present; tiny checkpoints; the
+fault-injection plugin."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +116,34 @@ def tiny_checkpoint(tmp_path_factory):
         return built[key]
 
     return make
+
+
+# ---------------------------------------------------------------- fault injection
+
+#: The fault-injection platform ``faulty-cpu`` (its docstring says how a request triggers each fault).
+FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin.py"
+
+
+@pytest.fixture(scope="session")
+def fault_plugin():
+    """tests/fault_plugin.py as the module ``fw_fault_plugin`` (with ``--import-mode=importlib``
+    nothing under tests/ is importable by name): pass it to ``load_plugins(extra=[("fault", it)])``
+    and run on ``device="faulty-cpu"``."""
+    spec = importlib.util.spec_from_file_location("fw_fault_plugin", FAULT_PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def fault_plugin_env(tmp_path_factory) -> dict[str, str]:
+    """The environment under which an ``fw`` process (``fw serve MODEL --device faulty-cpu``) has the
+    fault plugin installed: the distribution ``fw-fault-plugin`` (entry point ``fault``) in a
+    throwaway directory on ``PYTHONPATH``, as pip would leave it."""
+    site = tmp_path_factory.mktemp("fault-site")
+    info = site / "fw_fault_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fw-fault-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[fw.plugins]\nfault = fw_fault_plugin\n")
+    shutil.copyfile(FAULT_PLUGIN, site / "fw_fault_plugin.py")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}

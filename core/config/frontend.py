@@ -1,4 +1,9 @@
-"""FrontendConfig: the OpenAI-compatible HTTP server."""
+"""FrontendConfig: the OpenAI-compatible HTTP server.
+
+The limits a hostile-but-ordinary client meets (body size, read timeouts, head size, chat
+template budgets, the shutdown grace) are here too; README.md's "Security and limits" lists
+them with their defaults.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fw.core.config.base import ConfigBase, ConfigError, option
+
+#: --max-request-body-bytes' default: a 1M-token prompt fits as text (~4 MB) or as token ids
+#: (~7 MB of JSON), while a request holds a bounded amount of memory (a few copies of its body).
+DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,52 @@ class FrontendConfig(ConfigBase):
         "list of parts like [{'type': 'text', 'text': ...}], 'auto' detects it from the template.",
     )
     trust_request_chat_template: bool = option(
-        False, help="Accept a chat_template sent in a request (a Jinja template from the client)."
+        False,
+        help="Accept a chat_template sent in a request (a Jinja template from the client). It renders in a "
+        "separate process under --request-chat-template-timeout and --request-chat-template-max-bytes.",
+    )
+    request_chat_template_timeout: float = option(
+        2.0,
+        help="Seconds a chat template sent in a request may take to render; a slower one is stopped and the "
+        "request gets a 400. The model's own template and --chat-template are trusted and not limited.",
+    )
+    request_chat_template_max_bytes: int = option(
+        DEFAULT_MAX_REQUEST_BODY_BYTES,
+        unit="bytes",
+        help="The largest prompt (UTF-8 bytes) a chat template sent in a request may render; the renderer "
+        "process may use this much memory 16 times over, plus 256 MiB. More is a 400.",
+    )
+    max_request_body_bytes: int = option(
+        DEFAULT_MAX_REQUEST_BODY_BYTES,
+        unit="bytes",
+        help="The largest request body (accepts 8MiB, 512KiB); a larger one is refused with 413 as soon as "
+        "its Content-Length or the bytes read so far exceed it, never buffered whole.",
+    )
+    header_read_timeout: float = option(
+        10.0,
+        help="Seconds a client has to send a request's complete head (request line and headers), from "
+        "connecting or from the request's first byte; a slower one gets 408 and is disconnected.",
+    )
+    body_read_timeout: float = option(
+        60.0,
+        help="Seconds a client has to send a request's whole body once its head arrived; a slower one gets "
+        "408 and is disconnected.",
+    )
+    timeout_keep_alive: float = option(
+        5.0, help="Seconds an idle keep-alive connection waits for its next request before it is closed."
+    )
+    h11_max_incomplete_event_size: int = option(
+        64 * 2**10,
+        unit="bytes",
+        help="The largest request head (request line and headers) in bytes; a larger one gets 431. "
+        "(vLLM's default is 4 MiB; no OpenAI request needs more than a few KiB.)",
+    )
+    h11_max_header_count: int = option(256, help="The most headers a request may have; more get 431.")
+    shutdown_timeout: float = option(
+        0.0,
+        help="On SIGTERM or SIGINT, seconds the requests in flight get to finish while new ones get 503; "
+        "those still running then end with an error (streams with an error event and [DONE]). 0, as "
+        "vLLM's default, ends them at once. A second signal exits at once.",
     )
     response_role: str = option(
         "assistant", help="The role of generated messages when the request sets add_generation_prompt."
@@ -78,3 +132,13 @@ class FrontendConfig(ConfigBase):
                               f"{self.tool_call_parser})")
         if not self.response_role.strip():
             raise ConfigError("response_role must not be empty")
+        for name in ("request_chat_template_timeout", "header_read_timeout", "body_read_timeout",
+                     "timeout_keep_alive"):
+            if not 0 < getattr(self, name) < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{name} must be a number of seconds more than 0, got {getattr(self, name)}")
+        if not 0 <= self.shutdown_timeout < float("inf"):
+            raise ConfigError(f"shutdown_timeout must be a number of seconds, 0 or more, got {self.shutdown_timeout}")
+        for name in ("request_chat_template_max_bytes", "max_request_body_bytes", "h11_max_incomplete_event_size",
+                     "h11_max_header_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -10,6 +10,17 @@ Between the threads every request's outputs travel as deltas (``RequestOutputKin
 each is a fresh object the engine thread never touches again, the metrics count new tokens
 from them, and on the event loop ``generate`` merges them into what the caller's
 ``output_kind`` asks for.
+
+Admission control lives here, in the serving frontend, not in ``LLMEngine``: ``generate``
+refuses a request with ``EngineOverloadedError`` before it is queued when the server holds
+``--max-num-queued-reqs`` sequences or ``--max-num-queued-tokens`` prompt tokens already.
+``fw.LLM`` drives ``LLMEngine`` directly, and its offline batches (thousands of prompts the
+caller chose to queue) are never refused.
+
+Failures: a request that fails inside a step ends its stream with ``RequestFailedError``
+while the others go on; when the engine itself dies, every request in flight gets
+``EngineDeadError`` and ``on_dead(error)`` is called once (a server exits non-zero from it,
+so that its supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -20,11 +31,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol, Sequence
 
+from fw.core.engine.admission import Admission
 from fw.core.engine.outputs import RequestOutput
 from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
-from fw.core.errors import FwError
+from fw.core.errors import EngineDeadError, InvalidRequestError, RequestFailedError
 
 if TYPE_CHECKING:
     from fw.core.config.engine import EngineConfig
@@ -33,10 +45,6 @@ if TYPE_CHECKING:
     from fw.core.plugins import Plugins
 
 logger = logging.getLogger(__name__)
-
-
-class EngineDeadError(FwError):
-    """The engine loop stopped (it crashed, or it was shut down); no request can run any more."""
 
 
 @dataclass
@@ -90,9 +98,14 @@ _STOP = object()
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, stat_loggers: Sequence[StatLogger] = ()) -> None:
+    def __init__(self, engine: LLMEngine, stat_loggers: Sequence[StatLogger] = (),
+                 on_dead: Callable[[BaseException], None] | None = None) -> None:
+        """``on_dead(error)`` is called once, on the engine thread, when the engine dies (a step
+        raised ``EngineDeadError``, or anything else it cannot isolate), after every request in
+        flight got ``EngineDeadError``; never on ``shutdown()``."""
         self.engine = engine
         self.stat_loggers = list(stat_loggers)
+        self.on_dead = on_dead
         self.dead_error: BaseException | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
@@ -100,13 +113,15 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._last_stats = engine.stats()
+        self._admission = Admission(engine.config.scheduler)
 
     @classmethod
     def from_config(cls, config: EngineConfig, plugins: Plugins | None = None,
-                    stat_loggers: Sequence[StatLogger] = ()) -> AsyncEngine:
+                    stat_loggers: Sequence[StatLogger] = (),
+                    on_dead: Callable[[BaseException], None] | None = None) -> AsyncEngine:
         from fw.core.engine.llm_engine import LLMEngine
 
-        return cls(LLMEngine(config, plugins), stat_loggers)
+        return cls(LLMEngine(config, plugins), stat_loggers, on_dead)
 
     # ---------------------------------------------------------------- event-loop side
 
@@ -126,6 +141,23 @@ class AsyncEngine:
     def num_unfinished(self) -> int:
         return len(self._streams)
 
+    @property
+    def num_queued_sequences(self) -> int:
+        """Sequences admitted and not finished (waiting, running, or on their way to the engine)."""
+        return self._admission.num_seqs
+
+    def check_request_size(self, num_prompts: int, n: int) -> None:
+        """Refuse (``InvalidRequestError``, a 400) a request whose prompts times ``n`` are more
+        sequences than one step runs (``info.max_sequences_per_request``, ``--max-num-seqs``).
+        The server calls ``generate`` once per prompt; this checks the request as a whole."""
+        limit = self.info.max_sequences_per_request
+        if num_prompts * n <= limit:
+            return
+        if num_prompts == 1:
+            raise InvalidRequestError(f"n is {n}, more than the maximum of {limit} (--max-num-seqs)", "n")
+        raise InvalidRequestError(f"the request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}), "
+                                  f"more than the maximum of {limit} (--max-num-seqs)", "n" if n > 1 else "prompt")
+
     def start(self) -> None:
         with self._start_lock:
             if self._thread is None:
@@ -137,20 +169,31 @@ class AsyncEngine:
         """Outputs of one request as it progresses, as ``params.output_kind`` asks; the last one is
         finished. Deltas that queued up while the caller was busy come merged into one output.
 
-        CUMULATIVE outputs share their lists, which keep growing (as the engine's own do).
-        Leaving early (``break``, ``aclose()``, cancellation) aborts the request.
+        Raises, from the first iteration, ``EngineOverloadedError`` when the queue is full (nothing
+        was queued), ``InvalidRequestError`` for a request the engine refuses; later
+        ``RequestFailedError`` when the request fails inside a step, ``EngineDeadError`` when the
+        engine dies. A text prompt is tokenized in a worker thread, never on the event loop or the
+        engine thread. CUMULATIVE outputs share their lists, which keep growing (as the engine's
+        own do). Leaving early (``break``, ``aclose()``, cancellation) aborts the request.
         """
         self._check_alive()
-        self.start()
+        self.check_request_size(1, params.n)  # a 400 for a request too big ever to run, never a 503
+        prompt_text = None
+        if isinstance(prompt, str):
+            prompt_text, prompt = prompt, await asyncio.to_thread(self.engine.encode, prompt)
+        admitted = self._admission.admit(params.n, len(prompt))  # raises EngineOverloadedError
         kind = params.output_kind
-        stream = _Stream(asyncio.get_running_loop())
-        self._commands.put(("add", request_id, prompt, params.clone(output_kind=RequestOutputKind.DELTA),
-                            priority, stream))
         merged: RequestOutput | None = None
         finished = False
         try:
+            self.start()
+            stream = _Stream(asyncio.get_running_loop())
+            self._commands.put(("add", request_id, prompt, prompt_text,
+                                params.clone(output_kind=RequestOutputKind.DELTA), priority, stream))
+            self._check_alive()  # the engine may have died after the first check, before the command got in
             while True:
                 item = await stream.queue.get()
+                admitted.prefill_done()
                 if isinstance(item, BaseException):
                     finished = True  # the engine already dropped it
                     raise item
@@ -170,6 +213,7 @@ class AsyncEngine:
                 if kind is RequestOutputKind.DELTA:
                     merged = None
         finally:
+            admitted.release(completed=merged is not None and merged.finished)
             if not finished:
                 self.abort(request_id)
 
@@ -206,11 +250,17 @@ class AsyncEngine:
             for request_id in list(self._streams):
                 self.engine.abort_request(request_id)
             reason: BaseException = EngineDeadError("the engine was shut down")
-        except BaseException as e:  # noqa: BLE001 - any failure of a step ends the engine
-            logger.exception("the engine loop failed")
-            reason = e
+            died = False
+        except BaseException as e:  # noqa: BLE001 - what a step cannot isolate ends the engine
+            logger.exception("the engine died")
+            reason, died = e, True
         self.dead_error = reason
         self._fail_all(reason)
+        if died and self.on_dead is not None:
+            try:
+                self.on_dead(reason)
+            except Exception:  # noqa: BLE001 - the engine thread ends either way
+                logger.exception("the on_dead callback failed")
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; wait for one when idle. False when asked to stop."""
@@ -224,9 +274,9 @@ class AsyncEngine:
             if command is _STOP:
                 return False
             if command[0] == "add":
-                _, request_id, prompt, params, priority, stream = command
+                _, request_id, prompt, prompt_text, params, priority, stream = command
                 try:
-                    self.engine.add_request(request_id, prompt, params, priority)
+                    self.engine.add_request(request_id, prompt, params, priority, prompt_text)
                 except Exception as e:  # noqa: BLE001 - a bad request fails alone
                     self._send(stream, e)
                     continue
@@ -251,24 +301,34 @@ class AsyncEngine:
             pass  # that event loop is closed: nobody is waiting any more
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
+        """Hand each output to its stream; a request that failed in the step gets ``RequestFailedError``."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput | BaseException]]] = {}
         for output in outputs:
             stream = self._streams.pop(output.request_id, None) if output.finished else self._streams.get(output.request_id)
             if stream is not None:
-                by_loop.setdefault(stream.loop, []).append((stream, output))
+                item = output if output.error is None else RequestFailedError(output.error, output.request_id)
+                by_loop.setdefault(stream.loop, []).append((stream, item))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_put_all, items)  # one wake-up per step, not per request
             except RuntimeError:
-                for _, output in items:
-                    if not output.finished:
-                        self._commands.put(("abort", output.request_id))
+                for _, item in items:
+                    if isinstance(item, RequestOutput) and not item.finished:
+                        self._commands.put(("abort", item.request_id))
 
     def _fail_all(self, error: BaseException) -> None:
-        streams, self._streams = self._streams, {}
+        """End every stream with ``EngineDeadError``: the engine's, and those of adds still queued."""
         dead = error if isinstance(error, EngineDeadError) else EngineDeadError(f"the engine stopped: {error}")
+        streams, self._streams = self._streams, {}
         for stream in streams.values():
             self._send(stream, dead)
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if command is not _STOP and command[0] == "add":
+                self._send(command[-1], dead)
 
     def _record(self, outputs: list[RequestOutput], aborted: Sequence[FinishedRequestStats] = ()) -> None:
         """Hand the stat loggers what this step changed; ``outputs`` are the step's deltas."""
@@ -298,7 +358,8 @@ class AsyncEngine:
             if output.finished:
                 del self._progress[output.request_id]
                 # The samples that finished last are in this delta; the first with a reason names it.
-                reason = next((o.finish_reason for o in output.outputs if o.finish_reason), "abort")
+                reason = "error" if output.error is not None else next(
+                    (o.finish_reason for o in output.outputs if o.finish_reason), "abort")
                 stats.finished_requests.append(_finished_stats(output, reason, progress.num_tokens, now))
         for stat_logger in self.stat_loggers:
             try:
@@ -315,6 +376,6 @@ def _finished_stats(output: RequestOutput, finish_reason: str, num_generation_to
                                 len(output.prompt_token_ids), num_generation_tokens)
 
 
-def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
+def _put_all(items: list[tuple[_Stream, RequestOutput | BaseException]]) -> None:
     for stream, output in items:
         stream.queue.put_nowait(output)

@@ -49,6 +49,9 @@ class EngineInfo:
     vocab_size: int
     num_kv_blocks: int
     block_size: int
+    #: The most sequences one request may ask for, all its prompts times n (``--max-num-seqs``):
+    #: more could never run in one step. A server refuses a bigger request with a 400.
+    max_sequences_per_request: int
 
 
 @dataclass(frozen=True)

@@ -7,28 +7,40 @@ Each step returns, per request that progressed, what its ``output_kind`` asks fo
 :mod:`fw.core.engine.outputs`); no step copies a request's output, so a step costs the
 same at the 4,000th token as at the first. Frontends read the engine through ``info``,
 ``stats()``, ``default_sampling_params()`` and the request methods only.
+
+No request can stop the engine: ``add_request`` refuses invalid values before they take memory
+(:mod:`fw.core.engine.validation`), and a request whose data still makes a step raise fails
+alone, with finish reason "error" and ``RequestOutput.error`` (:mod:`fw.core.engine.isolation`;
+the work on each sequence after the forward is guarded the same way). A step that does not fail
+pays nothing for this.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import time
-from typing import Iterable
 
 from fw.core.config.engine import EngineConfig
 from fw.core.config.scheduler import DEFAULT_CHUNKED_PREFILL_TOKENS
 from fw.core.engine.detokenizer import IncrementalDetokenizer
 from fw.core.engine.info import EngineInfo, EngineStats
+from fw.core.engine.isolation import describe_error, execute_in_parts
 from fw.core.engine.loading import check_fits, kv_cache_spec, load_model, num_kv_blocks, text_config
 from fw.core.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 from fw.core.engine.sequence import Logprob, Sequence
-from fw.core.errors import InvalidRequestError
+from fw.core.engine.validation import RequestLimits, check_request, prompt_token_ids
 from fw.core.kv_cache import BlockManager
 from fw.core.plugins import Plugins, load_plugins
 from fw.core.runner.model_runner import ModelRunner, StepResult
 from fw.core.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+#: Per request: (sequence, new text, number of new tokens) for each of its sequences that progressed.
+Progressed = dict[str, list[tuple[Sequence, str, int]]]
 
 
 class LLMEngine:
@@ -101,6 +113,7 @@ class LLMEngine:
             vocab_size=self.vocab_size,
             num_kv_blocks=self.block_manager.num_blocks,
             block_size=self.block_manager.block_size,
+            max_sequences_per_request=self.config.scheduler.max_num_seqs,
         )
 
     def stats(self) -> EngineStats:
@@ -119,10 +132,12 @@ class LLMEngine:
         return str(next(self._counter))
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
-                    priority: int = 0) -> None:
-        """Queue a request. Invalid input raises ``InvalidRequestError`` (a ``ValueError`` naming the
-        field in its ``param``) before it takes any memory.
+                    priority: int = 0, prompt_text: str | None = None) -> None:
+        """Queue a request, all its ``n`` samples or none. Invalid input raises
+        ``InvalidRequestError`` (a ``ValueError`` naming the field in its ``param``) before it takes
+        any memory (see :mod:`fw.core.engine.validation`).
 
+        ``prompt_text``: the text token-id ``prompt`` was encoded from, echoed in the outputs.
         Without ``max_tokens`` the output may run to the end of the context, or to the model's
         generation_config ``max_new_tokens`` when it has one.
         """
@@ -130,61 +145,36 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if isinstance(prompt, str):
-            prompt_text, token_ids = prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
+            prompt_text, token_ids = prompt, self.encode(prompt)
         else:
-            prompt_text, token_ids = None, list(prompt)
-        self._validate(token_ids, params)
+            token_ids = prompt_token_ids(prompt)
+        check_request(token_ids, params, priority, self._limits)
         room = self.max_model_len - len(token_ids)
         max_tokens = params.max_tokens or min(room, self.loaded.generation_defaults.get("max_tokens") or room)
         params = params.clone(max_tokens=max_tokens,
                               _eos_token_ids=() if params.ignore_eos else self.loaded.eos_token_ids)
-        leader = None
-        seqs = []
-        for index in range(params.n):
-            seq = Sequence(request_id, token_ids, params, index=index, priority=priority, leader=leader)
+        seqs: list[Sequence] = []
+        for index in range(params.n):  # built whole before any is queued: a failure leaves nothing behind
+            seq = Sequence(request_id, token_ids, params, index=index, priority=priority,
+                           leader=seqs[0] if seqs else None)
             if params.detokenize:
                 seq.detokenizer = IncrementalDetokenizer(
                     self.tokenizer, token_ids, params.skip_special_tokens, params.spaces_between_special_tokens,
                     params.stop, params.include_stop_str_in_output)
-            leader = leader or seq
             seqs.append(seq)
+        for seq in seqs:
             self.scheduler.add(seq)
         self.requests[request_id] = seqs
         self._prompts[request_id] = prompt_text
 
-    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
-        """Every limit a request must meet, checked here and nowhere else (the server relies on it)."""
-        if not token_ids:
-            raise InvalidRequestError("the prompt is empty", "prompt")
-        self._check_token_ids("prompt", token_ids)
-        if len(token_ids) >= self.max_model_len:
-            raise InvalidRequestError(f"the prompt has {len(token_ids)} tokens, but the model's context length is "
-                                      f"{self.max_model_len}; shorten the prompt", "prompt")
-        if params.max_tokens is not None and len(token_ids) + params.max_tokens > self.max_model_len:
-            raise InvalidRequestError(
-                f"this model's maximum context length is {self.max_model_len} tokens; the request asks for "
-                f"{len(token_ids) + params.max_tokens} ({len(token_ids)} in the prompt, {params.max_tokens} "
-                "to generate); reduce the prompt or max_tokens")
-        # Each of the n samples is a sequence: more than one step runs could never run together.
-        max_num_seqs = self.config.scheduler.max_num_seqs
-        if params.n > max_num_seqs:
-            raise InvalidRequestError(f"n is {params.n}, more than the maximum of {max_num_seqs} (--max-num-seqs)",
-                                      "n")
-        limit = self.config.model.max_logprobs
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value is not None and value > limit:
-                raise InvalidRequestError(f"{name} is {value}, more than the maximum of {limit} (--max-logprobs)",
-                                          name)
-        self._check_token_ids("logit_bias", params.logit_bias or {})
-        self._check_token_ids("allowed_token_ids", params.allowed_token_ids or [])
-        self._check_token_ids("stop_token_ids", params.stop_token_ids)  # min_tokens masks them in the logits
+    def encode(self, prompt: str) -> list[int]:
+        """The token ids of a text prompt, as ``add_request`` encodes it."""
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
 
-    def _check_token_ids(self, field: str, token_ids: Iterable[int]) -> None:
-        for token_id in token_ids:
-            if not 0 <= token_id < self.vocab_size:
-                raise InvalidRequestError(f"{field} contains token id {token_id}, which is out of vocabulary "
-                                          f"(0 to {self.vocab_size - 1})", field)
+    @functools.cached_property
+    def _limits(self) -> RequestLimits:
+        return RequestLimits(self.vocab_size, self.max_model_len, self.config.scheduler.max_num_seqs,
+                             self.config.model.max_logprobs)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free every block it holds.
@@ -210,30 +200,62 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one step; return an output for each request that sampled a token, as its
-        ``output_kind`` asks (a FINAL_ONLY request has one, when it finishes)."""
+        ``output_kind`` asks (a FINAL_ONLY request has one, when it finishes), and the last output
+        of each request that failed in the step (see ``RequestOutput.error``).
+
+        A request whose data makes the step raise fails alone while the others go on (see
+        :mod:`fw.core.engine.isolation`); the step raises ``EngineDeadError`` only when the model
+        fails even on a probe of its own.
+        """
         batch = self.scheduler.schedule()
         if not batch:
             return []
         now = time.monotonic()
         for seq in batch.seqs:
             seq.first_scheduled_time = seq.first_scheduled_time or now
-        result = self.runner.execute(batch, self.block_manager)
+        failed: dict[str, BaseException] = {}  # request id -> what it raised; filled only when one fails
+        try:
+            results = [self.runner.execute(batch, self.block_manager)]
+        except Exception as error:  # noqa: BLE001 - find the requests at fault and fail them alone
+            results = execute_in_parts(self.runner, self.block_manager, batch, error,
+                                       functools.partial(self._fail_request, failed=failed))
         self.scheduler.postprocess(batch)
-        progressed = self._postprocess(result)
-        outputs = (self._output(request_id, items) for request_id, items in progressed.items())
-        return [output for output in outputs if output is not None]
+        progressed: Progressed = {}
+        for result in results:
+            self._postprocess(result, progressed, failed)
+        return self._outputs(progressed, failed)
 
-    def _postprocess(self, result: StepResult) -> dict[str, list[tuple[Sequence, str, int]]]:
-        """Append the sampled tokens; per request, each sequence that got one: (sequence, new text, 1)."""
+    # ---------------------------------------------------------------- after the forward
+
+    def _fail_request(self, request_id: str, error: BaseException, failed: dict[str, BaseException]) -> None:
+        """Finish every unfinished sample of the request with finish reason "error" and free its
+        blocks now; ``_outputs`` then hands out its last output, carrying the error."""
+        if request_id in failed:
+            return
+        failed[request_id] = error
+        for seq in self.requests[request_id]:
+            if not seq.is_finished:
+                seq.finish_reason = "error"
+                self.scheduler.finish(seq)
+
+    def _postprocess(self, result: StepResult, progressed: Progressed, failed: dict[str, BaseException]) -> None:
+        """Append the sampled tokens; per request, each sequence that got one: (sequence, new text, 1).
+
+        The work on each sequence is guarded: if it raises, its request fails alone.
+        """
         for seq, start, positions in result.prompt_logprobs:
-            # Index i of seq.prompt_logprobs is prompt token i (the first has none). After a
-            # preemption the same positions are computed again: keep only the new ones.
-            if not seq.prompt_logprobs:
-                seq.prompt_logprobs = [None]
-            seq.prompt_logprobs += positions[len(seq.prompt_logprobs) - (start + 1):]
-        progressed: dict[str, list[tuple[Sequence, str, int]]] = {}
+            if seq.is_finished:
+                continue
+            try:
+                # Index i of seq.prompt_logprobs is prompt token i (the first has none). After a
+                # preemption the same positions are computed again: keep only the new ones.
+                if not seq.prompt_logprobs:
+                    seq.prompt_logprobs = [None]
+                seq.prompt_logprobs += positions[len(seq.prompt_logprobs) - (start + 1):]
+            except Exception as error:  # noqa: BLE001 - one request's data fails only that request
+                self._fail_request(seq.request_id, error, failed)
         if result.sampled is None:
-            return progressed
+            return
         sampled = result.sampled
         token_ids = sampled.token_ids.tolist()
         sampled_lp = sampled.sampled_logprobs.tolist() if sampled.sampled_logprobs is not None else None
@@ -244,20 +266,38 @@ class LLMEngine:
         for row, seq in enumerate(result.seqs):
             if seq.is_finished:
                 continue
-            token = token_ids[row]
-            seq.output_token_ids.append(token)
-            seq.first_token_time = seq.first_token_time or now
-            if seq.params.logprobs is not None:
-                entry = {token: Logprob(sampled_lp[row], ranks[row])}
-                for rank in range(seq.params.logprobs):
-                    entry.setdefault(top_ids[row][rank], Logprob(top_lp[row][rank], rank + 1))
-                seq.logprobs.append(entry)
-                seq.cumulative_logprob += sampled_lp[row]
-            text = self._check_stop(seq, token)
-            if seq.finish_reason is not None:
-                self.scheduler.finish(seq)
-            progressed.setdefault(seq.request_id, []).append((seq, text, 1))
-        return progressed
+            try:
+                token = token_ids[row]
+                seq.output_token_ids.append(token)
+                seq.first_token_time = seq.first_token_time or now
+                if seq.params.logprobs is not None:
+                    entry = {token: Logprob(sampled_lp[row], ranks[row])}
+                    for rank in range(seq.params.logprobs):
+                        entry.setdefault(top_ids[row][rank], Logprob(top_lp[row][rank], rank + 1))
+                    seq.logprobs.append(entry)
+                    seq.cumulative_logprob += sampled_lp[row]
+                text = self._check_stop(seq, token)
+                if seq.finish_reason is not None:
+                    self.scheduler.finish(seq)
+                progressed.setdefault(seq.request_id, []).append((seq, text, 1))
+            except Exception as error:  # noqa: BLE001 - one request's data fails only that request
+                self._fail_request(seq.request_id, error, failed)
+
+    def _outputs(self, progressed: Progressed, failed: dict[str, BaseException]) -> list[RequestOutput]:
+        """The step's outputs: each request that progressed, then each that failed."""
+        outputs = []
+        for request_id, items in progressed.items():
+            if request_id in failed:
+                continue
+            try:
+                output = self._output(request_id, items)
+            except Exception as error:  # noqa: BLE001 - one request's data fails only that request
+                self._fail_request(request_id, error, failed)
+                continue
+            if output is not None:
+                outputs.append(output)
+        outputs += [self._failed_output(request_id, error) for request_id, error in failed.items()]
+        return outputs
 
     def _check_stop(self, seq: Sequence, token: int) -> str:
         """Finish the sequence if ``token`` ends it; return the text the token releases.
@@ -309,6 +349,21 @@ class LLMEngine:
             del self._prompts[request_id]
         return output
 
+    def _failed_output(self, request_id: str, error: BaseException) -> RequestOutput:
+        """The last output of a request that failed in a step: no new tokens, whatever its output
+        kind (its own data may be what raised); ``error`` says why. The traceback goes to the log,
+        once."""
+        logger.error("request %s failed in an engine step; the engine goes on without it", request_id,
+                     exc_info=error)
+        seqs = self.requests.pop(request_id)
+        leader = seqs[0]
+        outputs = [CompletionOutput(seq.index, "", [], seq.cumulative_logprob, None, seq.finish_reason, seq.stop_reason)
+                   for seq in seqs]
+        metrics = RequestMetrics(leader.arrival_time, leader.first_scheduled_time, leader.first_token_time,
+                                 time.monotonic())
+        return RequestOutput(request_id, self._prompts.pop(request_id), leader.prompt_token_ids, outputs, True,
+                             metrics=metrics, error=f"the engine failed on this request: {describe_error(error)}")
+
 
 def _whole_output(seq: Sequence) -> CompletionOutput:
     """Everything the sequence generated so far. The lists are the sequence's own (not copied)."""
@@ -335,3 +390,4 @@ def _delta_output(seq: Sequence, text: str, num_new: int) -> CompletionOutput:
         finish_reason=seq.finish_reason,
         stop_reason=seq.stop_reason,
     )
+

@@ -18,7 +18,9 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None = None
     logprobs: list[PositionLogprobs] | None = None
-    finish_reason: str | None = None  # "stop", "length", "abort" or None while running
+    # "stop", "length", "abort", "error" (the request failed in a step: see RequestOutput.error) or
+    # None while running.
+    finish_reason: str | None = None
     stop_reason: int | str | None = None
 
     def finished(self) -> bool:
@@ -43,6 +45,10 @@ class RequestOutput:
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    #: Why the request failed, for the user (no traceback), when processing its data raised in a
+    #: step: the engine failed it alone, finished its samples with finish reason "error" and freed
+    #: its blocks. Such an output is the request's last; it carries no new tokens or text.
+    error: str | None = None
 
     def add(self, next_output: RequestOutput) -> None:
         """Merge the request's next DELTA output into this one (vLLM's ``add`` with ``aggregate``).
@@ -52,6 +58,7 @@ class RequestOutput:
         come once, with the first sampled token, and are kept.
         """
         self.finished = self.finished or next_output.finished
+        self.error = self.error or next_output.error
         self.metrics = next_output.metrics
         self.prompt_logprobs = self.prompt_logprobs or next_output.prompt_logprobs
         for new in next_output.outputs:

@@ -81,6 +81,18 @@ class Sequence:
             # Each of the n samples gets its own stream, reproducible in any batch.
             self.generator.manual_seed(self.params.seed + self.index)
 
+    def rewind_generator(self) -> None:
+        """Put the generator back where this sequence's outputs left it, undoing the draws of a
+        step that raised (the engine then runs the step's sequences again, in parts).
+
+        A sampling (non-greedy) seeded sequence draws one uniform per output token, so that is
+        where its generator stands between steps; a greedy one never reads its draws.
+        """
+        if self.generator is not None:
+            self.generator.manual_seed(self.params.seed + self.index)
+            if self.output_token_ids:
+                torch.rand(len(self.output_token_ids), generator=self.generator)  # = that many draws of one
+
     @property
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids

@@ -1,217 +1,126 @@
-"""The OpenAI-compatible HTTP server: routes, errors in OpenAI's shape, API keys, CORS, request ids.
+"""The OpenAI-compatible HTTP server: routes, errors in OpenAI's shape, API keys, CORS, request ids,
+limits and a graceful shutdown.
 
-The server owns HTTP and nothing else: it decodes the JSON body, hands it to
-:class:`OpenAIServing` and turns what comes back into a response. Every error a client can
-see has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, FastAPI's own
-404/405/422 included. A client that goes away cancels its handler, which aborts its engine
-requests and frees their KV blocks.
+The server owns HTTP and nothing else: it reads the body (under ``--max-request-body-bytes``),
+decodes the JSON, hands it to :class:`OpenAIServing` and turns what comes back into a response.
+Every error a client can see has OpenAI's shape ``{"error": {"message", "type", "param",
+"code"}}``: FastAPI's own 404/405, a failure before routing (a malformed or oversized head,
+a timeout: connection.py), an unexpected exception (a JSON 500, never plain text). A client
+that goes away cancels its handler, which aborts its engine requests and frees their KV blocks.
+
+Where the pieces are: connection.py (read deadlines, errors before a request reaches the app),
+limits.py (headers, body, JSON), middleware.py (request ids, the API key), responses.py (JSON,
+event streams, disconnects), shutdown.py (the drain on SIGTERM/SIGINT, the engine's death).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-import signal
 import socket
-import threading
-import uuid
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.datastructures import Headers, MutableHeaders
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fw.core.engine.async_engine import EngineDeadError
-from fw.entrypoints.openai.errors import APIError, error_body
 from fw import __version__
+from fw.entrypoints.openai.errors import APIError, from_engine_error
+from fw.entrypoints.openai.limits import (
+    BodyTooLargeError,
+    ClientDisconnected,
+    RequestLimitsMiddleware,
+    decode_json,
+    json_error_response,
+    read_body,
+)
+from fw.entrypoints.openai.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from fw.entrypoints.openai.responses import EventStreamResponse, ShutdownAbort, json_response, run_until_disconnected
+from fw.entrypoints.openai.shutdown import DrainMiddleware, Lifecycle
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from fw.core.config.frontend import FrontendConfig
     from fw.core.engine.async_engine import AsyncEngine
-    from fw.entrypoints.openai.serving import OpenAIServing
     from fw.entrypoints.openai.metrics import LoggingStatLogger
+    from fw.entrypoints.openai.serving import OpenAIServing
 
 logger = logging.getLogger(__name__)
 
-#: Seconds that in-flight requests get to finish after SIGTERM/SIGINT before they are cancelled.
-GRACEFUL_SHUTDOWN_SECONDS = 5
+#: After the drain, seconds uvicorn waits for connections to close before it cancels what is left.
+UVICORN_GRACE_SECONDS = 5
 
 Handler = Callable[[Any, str], Awaitable["dict | AsyncIterator[str]"]]
 
 
 def error_response(message: str, status_code: int, type: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: dict[str, str] | None = None) -> Response:
     """A JSON error in OpenAI's shape; ``type`` defaults to the status name ("NotFoundError")."""
+    from http import HTTPStatus
+
     type = type or "".join(HTTPStatus(status_code).phrase.split()) + "Error"
-    return JSONResponse(error_body(message, status_code, type), status_code=status_code, headers=headers)
-
-
-# ---------------------------------------------------------------- middleware (pure ASGI)
-# Pure ASGI, not BaseHTTPMiddleware: that one runs the route in a separate task and gets in
-# the way of streaming and of noticing disconnects.
-
-def _route_path(scope: Scope) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-class RequestIdMiddleware:
-    """Gives each HTTP request a fresh id (``request.state.request_id``, unique even when
-    clients resend an ``X-Request-Id``) and, when enabled, answers with an ``X-Request-Id``
-    header: the client's own if it sent one, else the fresh id."""
-
-    def __init__(self, app: ASGIApp, send_header: bool) -> None:
-        self.app = app
-        self.send_header = send_header
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        if not self.send_header:
-            return await self.app(scope, receive, send)
-        header_value = Headers(scope=scope).get("x-request-id") or request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-Id"] = header_value
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-class ApiKeyMiddleware:
-    """``Authorization: Bearer <key>`` on the ``/v1`` routes, as vLLM: /health, /version and
-    /metrics stay open. Keys are compared in constant time."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or not (_route_path(scope) + "/").startswith("/v1/")):
-            return await self.app(scope, receive, send)
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.expected):
-            return await self.app(scope, receive, send)
-        message = ("the API key is wrong" if token else "this server needs an API key") + \
-            "; send it as 'Authorization: Bearer <key>'"
-        response = error_response(message, 401, "AuthenticationError", headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
-
-
-# ---------------------------------------------------------------- responses
-
-class EventStreamResponse(StreamingResponse):
-    """Server-sent events from the serving layer's iterator.
-
-    Starlette stops iterating when the client disconnects, but only an iterator suspended
-    inside ``__anext__`` sees that cancellation; closing it here as well means the engine
-    request is aborted at once, wherever the stream was when the client left.
-    """
-
-    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=headers)
-        self.events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before its response was ready."""
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    # Only call after the body was read: from then on receive() returns only on disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def run_until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await ``work``; cancel it (aborting its engine requests) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # cancelled from outside: the server is shutting down
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.wait((task,))
-        if not task.cancelled():
-            task.exception()  # retrieved, so that asyncio does not warn about it
-        raise ClientDisconnected()
-    return task.result()
-
-
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
-        raise APIError(f"the request body is not valid JSON: {e}") from None
+    return json_error_response(APIError(message, status_code, type), headers=headers)
 
 
 # ---------------------------------------------------------------- the app
 
 def build_app(engine: AsyncEngine, serving: OpenAIServing, frontend: FrontendConfig,
               served_names: Sequence[str], metrics_registry: CollectorRegistry,
-              stat_logger: LoggingStatLogger | None = None) -> FastAPI:
-    """The FastAPI app. Its lifespan starts the engine thread, logs ``stat_logger``'s line every
-    interval, and shuts the engine down when the server stops."""
+              stat_logger: LoggingStatLogger | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The FastAPI app. Its lifespan starts the engine thread (and what serves beside it), logs
+    ``stat_logger``'s line every interval, and shuts them down when the server stops.
+
+    ``lifecycle`` tracks the requests in flight for the shutdown (``app.state.lifecycle``;
+    ``fw serve`` makes it first, to hand the engine its ``engine_died``).
+    """
+    lifecycle = lifecycle or Lifecycle(frontend.shutdown_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle.attach(asyncio.get_running_loop())
         engine.start()
+        _call(serving, "open")
         stats_task = asyncio.create_task(_log_stats(stat_logger)) if stat_logger is not None else None
         try:
             yield
         finally:
             if stats_task is not None:
                 stats_task.cancel()
+            _call(serving, "close")
             await asyncio.to_thread(engine.shutdown)
 
     app = FastAPI(title="fw", version=__version__, lifespan=lifespan)
+    app.state.lifecycle = lifecycle
     _add_error_handlers(app)
+    executor = getattr(serving, "executor", None)
 
     async def handle(request: Request, handler: Handler) -> Response:
         request_id = request.state.request_id
         try:
-            body = await read_json(request)
-            result = await run_until_disconnected(request, handler(body, request_id))
+            body = await read_body(request, frontend.max_request_body_bytes)
+            value = await decode_json(body, executor)
+            result = await run_until_disconnected(request, handler(value, request_id), lifecycle.aborting)
+        except BodyTooLargeError as e:  # the rest of the body is unread: the connection cannot be reused
+            return json_error_response(e, headers={"Connection": "close"})
         except APIError as e:
-            return JSONResponse(e.body(), status_code=e.status_code)
+            return json_error_response(e, headers=e.headers)
         except ClientDisconnected:
             logger.info("request %s cancelled: the client disconnected", request_id)
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        except EngineDeadError as e:
-            return error_response(str(e), 503, "ServiceUnavailableError")
+        except ShutdownAbort:
+            return json_error_response(lifecycle.shutdown_error())
         except Exception as e:  # noqa: BLE001 - a bug in one request must not stop the server
-            return _internal_error(request, e)
+            error = from_engine_error(e)
+            if error is None:
+                return _internal_error(request, e)
+            return json_error_response(error, headers=error.headers)
         if isinstance(result, dict):
-            return JSONResponse(result)
-        return EventStreamResponse(result)
+            return await json_response(result, executor)
+        return EventStreamResponse(result, lifecycle.aborting, lifecycle.shutdown_error())
 
     @app.get("/health")
     async def health() -> Response:
@@ -260,9 +169,14 @@ def build_app(engine: AsyncEngine, serving: OpenAIServing, frontend: FrontendCon
                              "endpoints": endpoints, "docs": "/docs"})
 
     # The last one added is the outermost. The request id comes first, so that every response
-    # carries it; CORS answers preflights before the key is asked for, and its headers reach 401s.
+    # carries it; CORS answers preflights before the key is asked for, and its headers reach
+    # 401s, 413s and the drain's 503s. The drain counts every request that gets past it.
     if frontend.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=frontend.api_key)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=frontend.max_request_body_bytes,
+                       max_head_bytes=frontend.h11_max_incomplete_event_size,
+                       max_header_count=frontend.h11_max_header_count)
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(frontend.allowed_origins),
@@ -274,7 +188,14 @@ def build_app(engine: AsyncEngine, serving: OpenAIServing, frontend: FrontendCon
     return app
 
 
-def _internal_error(request: Request, error: Exception) -> JSONResponse:
+def _call(serving: Any, method: str) -> None:
+    # The serving layer's open()/close(), where it has them (tests pass stand-ins without).
+    function = getattr(serving, method, None)
+    if function is not None:
+        function()
+
+
+def _internal_error(request: Request, error: Exception) -> Response:
     logger.exception("internal error in %s %s (request %s)", request.method, request.url.path,
                      getattr(request.state, "request_id", "?"))
     return error_response(f"internal server error: {type(error).__name__}: {error}", 500, "InternalServerError")
@@ -297,8 +218,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         return error_response(str(exc), 400, "BadRequestError")
 
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # Starlette's last resort (uvicorn logs the traceback): JSON, not its plain-text 500.
+        return error_response(f"internal server error: {type(exc).__name__}", 500, "InternalServerError")
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)
 
 
 async def _log_stats(stat_logger: LoggingStatLogger) -> None:
@@ -326,42 +252,30 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_config(app: FastAPI, frontend: FrontendConfig, sock: socket.socket) -> Any:
-    """uvicorn's settings for serving ``app`` on ``sock``: log level, root path, TLS, shutdown."""
+    """uvicorn's settings for serving ``app`` on ``sock``: log level, root path, TLS, the HTTP
+    limits (fw's h11 protocol with read deadlines, head size, keep-alive)."""
     import uvicorn
+
+    from fw.entrypoints.openai.connection import protocol_class
 
     host, port = sock.getsockname()[:2]
     return uvicorn.Config(
         app, host=host, port=port, log_level=frontend.uvicorn_log_level, root_path=frontend.root_path or "",
         ssl_keyfile=frontend.ssl_keyfile, ssl_certfile=frontend.ssl_certfile,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        http=protocol_class(frontend), h11_max_incomplete_event_size=frontend.h11_max_incomplete_event_size,
+        timeout_keep_alive=frontend.timeout_keep_alive,  # type: ignore[arg-type]  # a float works
+        timeout_graceful_shutdown=UVICORN_GRACE_SECONDS,
     )
 
 
-def run_server(app: FastAPI, frontend: FrontendConfig, sock: socket.socket) -> None:
-    """Serve ``app`` on the bound ``sock`` until SIGINT or SIGTERM, then shut down gracefully.
+def run_server(app: FastAPI, frontend: FrontendConfig, sock: socket.socket) -> int:
+    """Serve ``app`` on the bound ``sock`` until SIGINT or SIGTERM (or the engine's death) drains
+    and stops it (shutdown.py); returns the exit code: 0, or 1 when the engine died."""
+    from fw.entrypoints.openai.shutdown import Server
 
-    In-flight requests get :data:`GRACEFUL_SHUTDOWN_SECONDS` to finish and are cancelled (their
-    engine requests aborted) after that; the app's lifespan then stops the engine. Returns
-    normally after either signal, so ``fw serve`` exits 0.
-    """
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn_config(app, frontend, sock))
-    # uvicorn restores the previous handlers after its graceful shutdown and raises the signal
-    # again; these no-op handlers take it, instead of SIGTERM killing the process (exit -15)
-    # or SIGINT raising KeyboardInterrupt (exit 130).
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGINT, signal.SIGTERM)} \
-        if in_main_thread else {}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _ignore_signal(signum: int, frame: Any) -> None:
-    logger.debug("signal %d after the graceful shutdown", signum)
+    lifecycle: Lifecycle = app.state.lifecycle
+    Server(uvicorn_config(app, frontend, sock), lifecycle).run(sockets=[sock])
+    return lifecycle.exit_code
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """Request models of the OpenAI API, with vLLM's extra sampling fields.
 
-Unknown fields are kept (``model_extra``) so the handler can name them in a warning and
-go on, as vLLM does. Ranges are checked by ``SamplingParams``, whose messages name the
-field; here only the types are.
+Types are strict: ``"3"`` is not 3 and ``"yes"`` is not true (an integer is still a number
+where a float is expected, as OpenAI accepts ``temperature: 1``), and numbers must be finite;
+``null`` means "not given", as in OpenAI's API.
+A field this server does not know is refused (400 naming it), never accepted and ignored;
+OpenAI's fields that change nothing here (``user``, ``metadata``, ``store``...) are declared
+and accepted, and those whose effect fw lacks (``response_format`` other than text,
+``best_of``, ``suffix``, ``functions``, ``tool_choice`` other than "none"/"auto") are refused
+unless they ask for what fw does anyway. Ranges are checked by ``SamplingParams`` and the
+engine, whose messages name the field; here only the types and the shapes are.
+
+A message may carry more keys than the ones declared (``name``, ``reasoning_content``...):
+they reach the chat template, which decides what they mean.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fw.core.engine.sampling_params import RequestOutputKind, SamplingParams
 
@@ -27,16 +36,37 @@ def usage(num_prompt_tokens: int, num_completion_tokens: int) -> dict[str, int]:
 
 
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    def ignored_fields(self) -> list[str]:
-        """The request's fields this server does not know (and so ignores)."""
-        return sorted(self.model_extra or {})
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_given(cls, data: Any) -> Any:
+        # OpenAI's optional fields are nullable, and clients send null for "not set": the default applies.
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+
+def _refuse_unless(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    """A tool's function, as OpenAI defines it."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class SamplingRequest(OpenAIBaseModel):
@@ -62,13 +92,28 @@ class SamplingRequest(OpenAIBaseModel):
     logit_bias: dict[str, float] | None = None
     allowed_token_ids: list[int] | None = None
     prompt_logprobs: int | None = None
-    user: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = 0
+    # OpenAI's fields that change nothing in fw's answer: accepted, and that is all.
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    # Fields fw implements only partly: accepted where they ask for what fw does anyway.
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _text_format_only(cls, value: Any) -> Any:
+        _refuse_unless(value is None or value == {"type": "text"},
+                       "fw supports only {\"type\": \"text\"} so far (structured output is not implemented)")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -164,6 +209,22 @@ class CompletionRequest(SamplingRequest):
     logprobs: int | None = None
     echo: bool = False
     add_special_tokens: bool = True
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        _refuse_unless(value is None or value == n,
+                       f"best_of other than n ({n}) is not supported (fw returns every sample it generates)")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        _refuse_unless(not value, "suffix is not supported (fw does not insert text)")
+        return value
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -175,10 +236,23 @@ class CompletionRequest(SamplingRequest):
 
 
 class ChatMessage(OpenAIBaseModel):
-    """One message; extra keys (``name``, ``tool_calls``...) reach the chat template as they are."""
+    """One message; extra keys (``name``, ``reasoning_content``...) reach the chat template as they are."""
+
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    # Validated when missing too: only an assistant message with tool_calls may go without.
+    content: str | list[dict[str, Any]] | None = Field(None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_present(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        _refuse_unless(value is not None or (role == "assistant" and bool(info.data.get("tool_calls"))),
+                       f"a {role or ''} message needs content (only an assistant message with tool_calls may "
+                       "leave it out)")
+        return value
 
 
 class ChatTemplateFields(OpenAIBaseModel):
@@ -190,7 +264,7 @@ class ChatTemplateFields(OpenAIBaseModel):
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDefinition] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -217,7 +291,39 @@ class ChatCompletionRequest(ChatTemplateFields, SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | None = None
+    # fw parses no tool calls yet: with tools, the template shows them and the model's answer is content.
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | None = None
+    modalities: list[str] | None = None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _auto_or_none(cls, value: Any) -> Any:
+        if isinstance(value, dict) or value == "required":
+            raise ValueError("tool_choice 'required' or a named function is not supported; use 'auto' or 'none'")
+        _refuse_unless(value in (None, "none", "auto"), "tool_choice must be 'none' or 'auto'")
+        return value
+
+    @field_validator("functions", mode="before")
+    @classmethod
+    def _no_functions(cls, value: Any) -> Any:
+        _refuse_unless(value is None, "functions (OpenAI's deprecated form of tools) is not supported; use tools")
+        return value
+
+    @field_validator("function_call", mode="before")
+    @classmethod
+    def _no_function_call(cls, value: Any) -> Any:
+        _refuse_unless(value in (None, "none"), "function_call (deprecated by OpenAI) is not supported; use "
+                       "tool_choice")
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value: list[str] | None) -> list[str] | None:
+        _refuse_unless(value is None or value == ["text"], "fw generates text only: modalities must be [\"text\"]")
+        return value
 
     def output_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

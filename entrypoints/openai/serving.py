@@ -9,6 +9,11 @@ Completions and chat live in serving_completion.py and serving_chat.py; what the
 The engine checks every limit (context length, ``n``, ``logprobs``, token ids) when it adds
 a request; its refusal becomes the 400, naming the request's own field. Streams get the
 engine's deltas (stop strings already settled), responses one final output.
+
+Nothing slow runs on the event loop: large texts are tokenized and detokenized in a small
+thread pool (tokenization.py), the model's chat template renders in another, and a template
+sent by a client renders in a separate process under a time and a size budget
+(template_sandbox.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Sequence, TypeVar
 
 from pydantic import ValidationError
@@ -26,8 +32,14 @@ from pydantic import ValidationError
 from fw.core.engine.outputs import RequestOutput
 from fw.core.engine.sampling_params import SamplingParams
 from fw.core.errors import InvalidRequestError
-from fw.entrypoints.chat_utils import load_chat_template, render_chat_prompt
-from fw.entrypoints.openai.errors import APIError, NotFoundError, error_body, from_validation_error
+from fw.entrypoints.chat_utils import load_chat_template, render_chat_text
+from fw.entrypoints.openai.errors import (
+    APIError,
+    NotFoundError,
+    from_engine_error,
+    from_validation_error,
+    refused,
+)
 from fw.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     ChatTemplateFields,
@@ -40,12 +52,20 @@ from fw.entrypoints.openai.protocol import (
 )
 from fw.entrypoints.openai.serving_chat import ChatHandler
 from fw.entrypoints.openai.serving_completion import CompletionHandler
+from fw.entrypoints.openai.tokenization import AsyncTokenizer
 
 if TYPE_CHECKING:
     from fw.core.config.frontend import FrontendConfig
     from fw.core.engine.async_engine import AsyncEngine
     from fw.core.interfaces import ReasoningParser
     from fw.core.plugins import Plugins
+    from fw.entrypoints.openai.template_sandbox import TemplateSandbox
+
+#: Threads for tokenizing and detokenizing large inputs, and for rendering chat templates (apart,
+#: so that two huge prompts being tokenized do not hold up every chat request): enough to keep
+#: one large request from holding up the others, few enough to leave the cores to the engine.
+NUM_TOKENIZER_THREADS = 2
+NUM_RENDER_THREADS = 2
 
 logger = logging.getLogger("fw.server")
 
@@ -86,20 +106,6 @@ async def _close_all(generators: Sequence[AsyncGenerator[RequestOutput, None]]) 
         await generator.aclose()
 
 
-def refused(request: SamplingRequest, error: ValueError) -> APIError:
-    """The 400 for a request that SamplingParams or the engine refused, naming the field the client sent.
-
-    Their messages start with their name for the field (``logprobs is 21, ...``); where the
-    request spells it differently (chat's ``top_logprobs``) the message takes the request's name.
-    """
-    param = getattr(error, "param", None)
-    field = request.request_field(param)
-    message = str(error)
-    if param is not None and field is not None and field != param and message.startswith(f"{param} "):
-        message = field + message[len(param):]
-    return APIError(message, param=field)
-
-
 class EngineStream:
     """One engine request's outputs, its first output already received (so it was accepted)."""
 
@@ -138,8 +144,35 @@ class OpenAIServing:
             plugins.reasoning_parsers.get(frontend.reasoning_parser) if frontend.reasoning_parser else None)
         self.created = int(time.time())
         self._token_texts: dict[int, str] = {}
+        self.executor = ThreadPoolExecutor(NUM_TOKENIZER_THREADS, thread_name_prefix="fw-tokenizer")
+        self.render_executor = ThreadPoolExecutor(NUM_RENDER_THREADS, thread_name_prefix="fw-chat-template")
+        self.async_tokenizer = AsyncTokenizer(self.tokenizer, self.executor)
+        self._template_sandbox: TemplateSandbox | None = None
         self._completion = CompletionHandler(self)
         self._chat = ChatHandler(self)
+
+    def open(self) -> None:
+        """Start what runs beside the server (the renderer of request templates), so that the
+        first request does not wait for it."""
+        if self.frontend.trust_request_chat_template:
+            self.template_sandbox.start()
+
+    def close(self) -> None:
+        """Stop the threads and the renderer process."""
+        if self._template_sandbox is not None:
+            self._template_sandbox.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.render_executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def template_sandbox(self) -> TemplateSandbox:
+        """Where chat templates sent by clients render (created on first use)."""
+        if self._template_sandbox is None:
+            from fw.entrypoints.openai.template_sandbox import TemplateSandbox
+
+            self._template_sandbox = TemplateSandbox(self.tokenizer, self.frontend.request_chat_template_timeout,
+                                                     self.frontend.request_chat_template_max_bytes)
+        return self._template_sandbox
 
     @property
     def model_name(self) -> str:
@@ -154,43 +187,41 @@ class OpenAIServing:
         return {"object": "list", "data": data}
 
     async def completions(self, body: Any, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
-        request = self.parse(CompletionRequest, body, request_id)
+        request = self.parse(CompletionRequest, body)
         return await self._completion.create(request, request_id)
 
     async def chat_completions(self, body: Any, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
-        request = self.parse(ChatCompletionRequest, body, request_id)
+        request = self.parse(ChatCompletionRequest, body)
         return await self._chat.create(request, request_id)
 
     async def tokenize(self, body: Any) -> dict[str, Any]:
         if isinstance(body, dict) and "messages" in body:
             chat = self.parse(TokenizeChatRequest, body)
-            token_ids = self.render_prompt(chat)[1]
+            token_ids = (await self.render_prompt(chat))[1]
             return_token_strs = chat.return_token_strs
         else:
             request = self.parse(TokenizeCompletionRequest, body)
-            token_ids = self.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+            token_ids = await self.async_tokenizer.encode(request.prompt, request.add_special_tokens)
             return_token_strs = request.return_token_strs
-        token_strs = self.tokenizer.convert_ids_to_tokens(token_ids) if return_token_strs else None
+        token_strs = await self.async_tokenizer.convert_ids_to_tokens(token_ids) if return_token_strs else None
         return {"count": len(token_ids), "max_model_len": self.info.max_model_len, "tokens": token_ids,
                 "token_strs": token_strs}
 
     async def detokenize(self, body: Any) -> dict[str, Any]:
         request = self.parse(DetokenizeRequest, body)
         self.check_token_ids("tokens", request.tokens)
-        return {"prompt": self.tokenizer.decode(request.tokens)}
+        return {"prompt": await self.async_tokenizer.decode(request.tokens)}
 
     # ---------------------------------------------------------------- validation
 
-    def parse(self, model: type[RequestT], body: Any, request_id: str | None = None) -> RequestT:
-        """Validate a request body; warn about fields we ignore; check the model name."""
+    def parse(self, model: type[RequestT], body: Any) -> RequestT:
+        """Validate a request body (strictly: see protocol.py) and check the model name."""
         if not isinstance(body, dict):
             raise APIError(f"the request body must be a JSON object, got {type(body).__name__}")
         try:
             request = model.model_validate(body)
         except ValidationError as e:
             raise from_validation_error(e) from None
-        if ignored := request.ignored_fields():
-            logger.warning("request %s: ignored fields: %s", request_id or "-", ", ".join(ignored))
         name = getattr(request, "model", None)
         if name is not None and name not in self.served_names:
             raise NotFoundError(f"The model `{name}` does not exist. Served models: {', '.join(self.served_names)}",
@@ -215,8 +246,12 @@ class OpenAIServing:
 
     # ---------------------------------------------------------------- chat prompts
 
-    def render_prompt(self, request: ChatTemplateFields) -> tuple[str, list[int]]:
-        """The conversation rendered by the chat template, as ``fw.LLM.chat`` renders it: text and token ids."""
+    async def render_prompt(self, request: ChatTemplateFields) -> tuple[str, list[int]]:
+        """The conversation rendered by the chat template, as ``fw.LLM.chat`` renders it: text and token ids.
+
+        The model's template (or ``--chat-template``) is trusted and renders in the thread pool;
+        one sent in the request renders in the sandbox process, under its budgets.
+        """
         if request.chat_template is not None and not self.frontend.trust_request_chat_template:
             raise APIError("a chat_template in the request is refused: this server does not run templates sent "
                            "by clients (start it with --trust-request-chat-template to allow them)",
@@ -225,17 +260,24 @@ class OpenAIServing:
             add_generation_prompt = request.generation_prompt()
         except ValueError as e:
             raise APIError(str(e), param="continue_final_message") from None
-        tools = request.tools if getattr(request, "tool_choice", None) != "none" else None
+        tools = None
+        if request.tools is not None and getattr(request, "tool_choice", None) != "none":
+            tools = [tool.model_dump(exclude_none=True) for tool in request.tools]
+        messages = [message.model_dump(exclude_none=True) for message in request.messages]
+        options = dict(chat_template=request.chat_template or self.chat_template,
+                       content_format=self.frontend.chat_template_content_format,
+                       add_generation_prompt=add_generation_prompt,
+                       continue_final_message=request.continue_final_message, tools=tools,
+                       chat_template_kwargs=request.chat_template_kwargs)
         try:
-            return render_chat_prompt(
-                self.tokenizer, [message.model_dump(exclude_none=True) for message in request.messages],
-                chat_template=request.chat_template or self.chat_template,
-                content_format=self.frontend.chat_template_content_format,
-                add_generation_prompt=add_generation_prompt, continue_final_message=request.continue_final_message,
-                tools=tools, chat_template_kwargs=request.chat_template_kwargs,
-                add_special_tokens=request.add_special_tokens)
+            if request.chat_template is not None:
+                text = await self.template_sandbox.render(messages, options)
+            else:
+                render = functools.partial(render_chat_text, self.tokenizer, messages, **options)
+                text = await asyncio.get_running_loop().run_in_executor(self.render_executor, render)
         except InvalidRequestError as e:
             raise APIError(str(e), param=e.param) from None
+        return text, await self.async_tokenizer.encode(text, request.add_special_tokens)
 
     # ---------------------------------------------------------------- running requests
 
@@ -323,8 +365,11 @@ class OpenAIServing:
             except APIError as e:
                 yield sse(e.body())
             except Exception as e:  # noqa: BLE001 - the response has started: report in-band
-                logger.exception("a streaming request failed")
-                yield sse(error_body(f"internal error: {e}", 500, "InternalServerError"))
+                error = from_engine_error(e)
+                if error is None:  # a bug here, not in the engine (which logged its own)
+                    logger.exception("a streaming request failed")
+                    error = APIError(f"internal error: {e}", 500, "InternalServerError")
+                yield sse(error.body())
             yield SSE_DONE
         finally:
             await chunks.aclose()

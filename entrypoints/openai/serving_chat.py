@@ -40,11 +40,8 @@ class ChatHandler:
             raise APIError("top_logprobs needs logprobs to be true", param="top_logprobs")
         if request.prompt_logprobs is not None and request.stream:
             raise APIError("prompt_logprobs is not available when stream is true", param="prompt_logprobs")
-        if isinstance(request.tool_choice, dict) or request.tool_choice == "required":
-            raise APIError("tool_choice 'required' or a named function is not supported; use 'auto' or 'none'",
-                           param="tool_choice")
-        prompt_text, prompt_ids = serving.render_prompt(request)
         params = serving.sampling_params(request, request.requested_max_tokens)
+        prompt_text, prompt_ids = await serving.render_prompt(request)
         serving.log_request(request_id, [prompt_text], params)
         job = (prompt_ids, params, f"chatcmpl-{request_id}")
         # Without a generation prompt the model goes on with the last message, in its role.

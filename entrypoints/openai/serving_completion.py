@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from fw.core.engine.outputs import CompletionOutput, RequestOutput
 from fw.core.engine.sequence import PositionLogprobs
-from fw.entrypoints.openai.errors import APIError
+from fw.entrypoints.openai.errors import APIError, refused
 from fw.entrypoints.openai.protocol import MIN_LOGPROB, CompletionRequest, usage
 
 if TYPE_CHECKING:
     from fw.entrypoints.openai.serving import EngineStream, OpenAIServing
+
 
 async def merge(streams: Sequence[EngineStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of several streams as they come, tagged with the stream's position."""
@@ -68,11 +69,15 @@ class CompletionHandler:
         serving = self.serving
         if request.prompt_logprobs is not None and request.stream:
             raise APIError("prompt_logprobs is not available when stream is true", param="prompt_logprobs")
+        try:  # prompts x n: more sequences than one step runs is a 400, before anything is tokenized
+            serving.engine.check_request_size(len(request.prompt), request.n)
+        except ValueError as e:
+            raise refused(request, e) from None
+        params = serving.sampling_params(request, request.max_tokens)
         prompts_ids = [
-            serving.tokenizer.encode(p, add_special_tokens=request.add_special_tokens) if isinstance(p, str) else p
+            await serving.async_tokenizer.encode(p, request.add_special_tokens) if isinstance(p, str) else p
             for p in request.prompt
         ]
-        params = serving.sampling_params(request, request.max_tokens)
         if request.echo and request.logprobs is not None and params.prompt_logprobs is None:
             params = params.clone(prompt_logprobs=request.logprobs)  # echo shows the prompt's logprobs too
         jobs = [(ids, params, f"cmpl-{request_id}-{i}") for i, ids in enumerate(prompts_ids)]

@@ -269,3 +269,37 @@ def test_the_offline_api_refuses_the_same_options() -> None:
 
     with pytest.raises(ConfigError, match=r"^tensor parallelism is not available yet in fw"):
         LLM("unused", tensor_parallel_size=2)
+
+
+def test_the_servers_limits_parse_with_their_defaults_and_units(plugins) -> None:
+    default = serve_configs(plugins, "org/model")["FrontendConfig"]
+    assert (default.max_request_body_bytes, default.header_read_timeout, default.body_read_timeout,
+            default.timeout_keep_alive, default.h11_max_incomplete_event_size, default.h11_max_header_count,
+            default.shutdown_timeout, default.request_chat_template_timeout,
+            default.request_chat_template_max_bytes) == (8 * 2**20, 10.0, 60.0, 5.0, 64 * 2**10, 256, 0.0, 2.0,
+                                                         8 * 2**20)
+    frontend = serve_configs(plugins, "org/model", "--max-request-body-bytes", "16MiB", "--header-read-timeout", "2",
+                             "--body-read-timeout", "30", "--timeout-keep-alive", "1.5",
+                             "--h11-max-incomplete-event-size", "1MiB", "--h11-max-header-count", "100",
+                             "--shutdown-timeout", "30", "--request-chat-template-timeout", "0.5",
+                             "--request-chat-template-max-bytes", "1MiB")["FrontendConfig"]
+    assert (frontend.max_request_body_bytes, frontend.header_read_timeout, frontend.body_read_timeout,
+            frontend.timeout_keep_alive, frontend.h11_max_incomplete_event_size, frontend.h11_max_header_count,
+            frontend.shutdown_timeout, frontend.request_chat_template_timeout,
+            frontend.request_chat_template_max_bytes) == (16 * 2**20, 2.0, 30.0, 1.5, 2**20, 100, 30.0, 0.5, 2**20)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--max-request-body-bytes", "0"), "max_request_body_bytes must be at least 1, got 0"),
+    (("--header-read-timeout", "0"), "header_read_timeout must be a number of seconds more than 0"),
+    (("--body-read-timeout", "inf"), "body_read_timeout must be a number of seconds more than 0"),
+    (("--timeout-keep-alive", "nan"), "timeout_keep_alive must be a number of seconds more than 0"),
+    (("--shutdown-timeout", "-1"), "shutdown_timeout must be a number of seconds, 0 or more"),
+    (("--request-chat-template-timeout", "0"), "request_chat_template_timeout must be"),
+    (("--request-chat-template-max-bytes", "0"), "request_chat_template_max_bytes must be at least 1"),
+    (("--h11-max-header-count", "0"), "h11_max_header_count must be at least 1"),
+    (("--h11-max-incomplete-event-size", "0"), "h11_max_incomplete_event_size must be at least 1"),
+])
+def test_the_servers_limits_are_refused_in_one_line_when_out_of_range(run_fw, argv, message) -> None:
+    result = run_fw("serve", "org/model", *argv)
+    assert result.code == 2 and result.err.startswith(f"fw: error: {message}") and result.err.count("\n") == 1

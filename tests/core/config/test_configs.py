@@ -64,6 +64,10 @@ def test_field_names_are_unique_across_configs() -> None:
         (lambda: CacheConfig(kv_cache_dtype="int3"), "kv_cache_dtype must be one of auto, fp8"),
         (lambda: SchedulerConfig(max_num_seqs=0), "max_num_seqs must be at least 1, got 0"),
         (lambda: SchedulerConfig(scheduling_policy="lifo"), "scheduling_policy must be one of fcfs, priority"),
+        (lambda: SchedulerConfig(max_num_queued_reqs=0), "max_num_queued_reqs must be at least 1, got 0"),
+        (lambda: SchedulerConfig(max_num_queued_reqs=100),
+         r"max_num_queued_reqs \(100\) must be at least max_num_seqs \(256\)"),
+        (lambda: SchedulerConfig(max_num_queued_tokens=0), "max_num_queued_tokens must be at least 1, got 0"),
         (lambda: ParallelConfig(tensor_parallel_size=0), "tensor_parallel_size must be at least 1"),
         (lambda: ModelConfig(max_model_len=0), "max_model_len must be at least 1"),
         (lambda: ModelConfig(max_model_len="lots"), "max_model_len: 'lots' is not an integer"),
@@ -128,3 +132,12 @@ def test_importing_configs_does_not_import_torch() -> None:
     code = "import sys, fw.core.config, fw.core.config.args; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_queue_limits_are_bounded_by_default_and_settable() -> None:
+    default = EngineConfig.from_values({}).scheduler
+    assert (default.max_num_queued_reqs, default.queued_seqs_limit, default.max_num_queued_tokens) == (None, 1024, None)
+    scheduler = EngineConfig.from_values(
+        {"max-num-seqs": 8, "max-num-queued-reqs": "2k", "max_num_queued_tokens": "1m"}).scheduler
+    assert (scheduler.queued_seqs_limit, scheduler.max_num_queued_tokens) == (2000, 1_000_000)
+    assert EngineConfig.from_values({"max_num_seqs": 8}).scheduler.queued_seqs_limit == 32

@@ -63,6 +63,7 @@ def test_concurrent_requests_equal_offline_outputs_and_stats_add_up(llm, prompts
         assert final.finished and all(not o.finished for o in stream[:-1])
         assert final.outputs[0].token_ids == expected.outputs[0].token_ids
         assert final.outputs[0].text == expected.outputs[0].text
+        assert final.prompt == expected.prompt  # tokenized off the engine thread, still echoed
         # cumulative: each output extends the one before
         lengths = [len(o.outputs[0].token_ids) for o in stream]
         assert lengths == sorted(lengths)
@@ -159,7 +160,8 @@ def test_leaving_a_stream_early_aborts_the_request_and_frees_its_blocks(llm):
 
 
 def test_a_failing_step_kills_the_engine_and_every_waiting_request_hears_it(llm, monkeypatch):
-    engine = AsyncEngine(llm.engine)
+    dead_calls = []
+    engine = AsyncEngine(llm.engine, on_dead=dead_calls.append)
 
     def broken_step():
         raise RuntimeError("device lost")
@@ -174,10 +176,12 @@ def test_a_failing_step_kills_the_engine_and_every_waiting_request_hears_it(llm,
 
     run(main())
     assert engine.is_dead
+    assert [str(e) for e in dead_calls] == ["device lost"]  # once, with what killed it
 
 
 def test_shutdown_ends_waiting_requests_and_the_thread(llm):
-    engine = AsyncEngine(llm.engine)
+    dead_calls = []
+    engine = AsyncEngine(llm.engine, on_dead=dead_calls.append)
     long = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 
     async def main():
@@ -189,5 +193,5 @@ def test_shutdown_ends_waiting_requests_and_the_thread(llm):
             await task
 
     run(main())
-    assert not engine._thread.is_alive()
+    assert not engine._thread.is_alive() and dead_calls == []  # a shutdown is not a death
     assert llm.engine.stats().kv_cache_usage == 0 and not llm.engine.has_unfinished_requests()

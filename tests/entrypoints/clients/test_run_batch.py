@@ -142,3 +142,28 @@ def test_missing_input_file_is_one_line(run_fw, tmp_path: Path) -> None:
     assert result.code == 1
     assert result.err.startswith(f"fw: error: cannot read the batch input file {tmp_path / 'missing.jsonl'}")
     assert result.err.count("\n") == 1
+
+
+def test_a_request_refused_by_a_full_queue_waits_its_turn_and_engine_failures_are_openai_errors() -> None:
+    import asyncio
+
+    from fw.core.errors import EngineOverloadedError, RequestFailedError
+    from fw.entrypoints.run_batch import BatchRequest, run_request
+
+    class Serving:
+        refusals = 2
+
+        async def completions(self, body, request_id):
+            if body.get("fail"):
+                raise RequestFailedError("sampling failed for this request")
+            if self.refusals:
+                self.refusals -= 1
+                raise EngineOverloadedError("the queue is full", retry_after=0.01)
+            return {"ok": True}
+
+    serving = Serving()
+    line = asyncio.run(run_request(serving, BatchRequest("a", "/v1/completions", {})))
+    assert line["response"]["status_code"] == 200 and serving.refusals == 0
+    failed = asyncio.run(run_request(serving, BatchRequest("b", "/v1/completions", {"fail": True})))
+    assert failed["response"]["status_code"] == 500
+    assert failed["response"]["body"]["error"]["message"] == "sampling failed for this request"

@@ -3,10 +3,14 @@
 ``server`` is one process for the whole session (most tests share it); ``start_server`` starts
 more when a test needs its own (SIGTERM, other options). Each waits for ``GET /health`` and,
 if the process dies first, fails with the server's output.
+
+The in-process HTTP tests' stand-ins live in fake_app.py, loaded here as the module
+``fw_test_fake_app`` (see its docstring).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -18,6 +22,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+def _load_fake_app() -> None:
+    spec = importlib.util.spec_from_file_location("fw_test_fake_app", Path(__file__).with_name("fake_app.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # before running it: its dataclasses look their module up
+    spec.loader.exec_module(module)
+
+
+_load_fake_app()
 
 API_KEY = "sk-fw-test-key"
 SERVED_NAMES = ("tiny", "tiny-alias")

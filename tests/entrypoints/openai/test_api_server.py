@@ -1,4 +1,5 @@
-"""The HTTP layer alone: build_app with a fake engine and serving layer, served by uvicorn in a thread.
+"""The HTTP layer alone: build_app with a fake engine and serving layer (fake_app.py), served by
+uvicorn in a thread.
 
 No model is loaded, so every case the real server cannot easily produce (an internal error,
 a dead engine, a handler that never finishes) is exercised exactly.
@@ -6,136 +7,29 @@ a dead engine, a handler that never finishes) is exercised exactly.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
 
 import pytest
 import requests
+from fw_test_fake_app import (
+    AUTH,
+    KEY,
+    FakeEngine,
+    FakeServing,
+    Served,
+    assert_error,
+    frontend,
+    post,
+    raw_request,
+    serve,
+)
+from prometheus_client import CollectorRegistry
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-import uvicorn  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from fw.core.config import FrontendConfig  # noqa: E402
-from fw.entrypoints.openai.api_server import bind_socket, build_app, uvicorn_config  # noqa: E402
-from fw.entrypoints.openai.errors import APIError  # noqa: E402
-from fw.entrypoints.openai.metrics import LoggingStatLogger  # noqa: E402
-
-KEY = "sk-test-key"
-
-
-@dataclass
-class FakeEngine:
-    dead_error: BaseException | None = None
-    started: int = 0
-    stopped: int = 0
-
-    @property
-    def is_dead(self) -> bool:
-        return self.dead_error is not None
-
-    def start(self) -> None:
-        self.started += 1
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        self.stopped += 1
-
-
-@dataclass
-class FakeServing:
-    """Behaves as the body's "do" says; records what reached it, thread-safely enough for tests."""
-
-    request_ids: list[str] = field(default_factory=list)
-    hanging: threading.Event = field(default_factory=threading.Event)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    stream_closed: threading.Event = field(default_factory=threading.Event)
-    stream_started: threading.Event = field(default_factory=threading.Event)
-
-    def models(self) -> dict:
-        return {"object": "list", "data": [{"id": "tiny", "object": "model"}]}
-
-    async def completions(self, body: Any, request_id: str) -> dict | AsyncIterator[str]:
-        self.request_ids.append(request_id)
-        action = body.get("do") if isinstance(body, dict) else None
-        if action == "api_error":
-            raise APIError("the prompt is empty", param="prompt")
-        if action == "not_found":
-            raise APIError("the model 'x' does not exist; this server serves: tiny", 404, "NotFoundError")
-        if action == "crash":
-            raise RuntimeError("a bug")
-        if action == "hang":
-            self.hanging.set()
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                self.cancelled.set()
-                raise
-        if action == "stream":
-            return self._events()
-        return {"received": body, "request_id": request_id}
-
-    async def _events(self) -> AsyncIterator[str]:
-        try:
-            self.stream_started.set()
-            for i in range(1_000_000):
-                yield f"data: {json.dumps({'i': i})}\n\n"
-                await asyncio.sleep(0.01)
-        finally:
-            self.stream_closed.set()
-
-    chat_completions = completions
-
-    async def tokenize(self, body: Any) -> dict:
-        return {"tokens": [1, 2]}
-
-    async def detokenize(self, body: Any) -> dict:
-        return {"prompt": "hi"}
-
-
-@dataclass
-class Served:
-    url: str
-    engine: FakeEngine
-    serving: FakeServing
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def frontend(**options: Any) -> FrontendConfig:
-    return FrontendConfig(**{"uvicorn_log_level": "warning", **options})
-
-
-def serve(frontend: FrontendConfig, stat_logger: LoggingStatLogger | None = None,
-          engine: FakeEngine | None = None) -> Served:
-    engine, serving = engine or FakeEngine(), FakeServing()
-    app = build_app(engine, serving, frontend, ["tiny"], CollectorRegistry(), stat_logger)
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app, frontend, sock))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    scheme = "https" if frontend.ssl_certfile else "http"
-    return Served(f"{scheme}://127.0.0.1:{sock.getsockname()[1]}", engine, serving, server, thread)
+from fw.entrypoints.openai.api_server import bind_socket, build_app, uvicorn_config
+from fw.entrypoints.openai.metrics import LoggingStatLogger
 
 
 @pytest.fixture(scope="module")
@@ -144,22 +38,6 @@ def server():
     yield served
     served.stop()
 
-
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def post(server: Served, body: Any, path: str = "/v1/completions", **kwargs: Any) -> requests.Response:
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(server.url + path, data=data, headers={**AUTH, **kwargs.pop("headers", {})},
-                         timeout=10, **kwargs)
-
-
-def assert_error(response: requests.Response, status: int, type: str) -> str:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["type"], error["code"]) == (type, status)
-    return error["message"]
 
 
 def test_the_decoded_body_and_a_fresh_request_id_reach_the_serving_layer(server: Served) -> None:
@@ -193,7 +71,10 @@ def test_an_internal_error_is_a_500_logged_with_its_traceback(server: Served, ca
 
 
 def test_fastapis_own_errors_have_openais_shape(server: Served) -> None:
-    assert "GET / lists them" in assert_error(requests.get(server.url + "/v2/nothing", timeout=5), 404, "NotFoundError")
+    response = requests.get(server.url + "/v2/nothing", headers=AUTH, timeout=5)
+    assert "GET / lists them" in assert_error(response, 404, "NotFoundError")
+    # Without the key, every route but the open ones is a 401, unknown paths included.
+    assert_error(requests.get(server.url + "/v2/nothing", timeout=5), 401, "AuthenticationError")
     response = requests.get(server.url + "/v1/completions", headers=AUTH, timeout=5)
     assert_error(response, 405, "MethodNotAllowedError")
     assert "POST" in response.headers["allow"]
@@ -208,14 +89,16 @@ def test_the_v1_routes_need_the_key(server: Served, headers: dict) -> None:
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_the_key_opens_v1_and_the_rest_is_open(server: Served) -> None:
+def test_the_key_opens_v1_and_tokenize_and_probes_stay_open(server: Served) -> None:
     assert requests.get(server.url + "/v1/models", headers=AUTH, timeout=5).json()["data"][0]["id"] == "tiny"
     lower = requests.get(server.url + "/v1/models", headers={"authorization": f"bearer {KEY}"}, timeout=5)
     assert lower.status_code == 200
-    for path in ("/health", "/version", "/metrics", "/"):
+    for path in ("/health", "/version", "/metrics", "/", "/openapi.json"):
         assert requests.get(server.url + path, timeout=5).status_code == 200, path
+    # /tokenize and /detokenize are outside /v1 but run the tokenizer: they need the key (#9).
     for path in ("/tokenize", "/detokenize"):
-        assert requests.post(server.url + path, json={}, timeout=5).status_code == 200, path
+        assert_error(requests.post(server.url + path, json={}, timeout=5), 401, "AuthenticationError")
+        assert requests.post(server.url + path, json={}, headers=AUTH, timeout=5).status_code == 200, path
 
 
 def test_request_id_header_echoes_the_clients_or_is_fresh(server: Served) -> None:
@@ -282,16 +165,6 @@ def test_index_version_and_metrics(server: Served) -> None:
     assert metrics.headers["content-type"].startswith("text/plain")
 
 
-def raw_request(server: Served, body: dict) -> socket.socket:
-    """Send a request on a socket the test then closes: a client that goes away."""
-    data = json.dumps(body).encode()
-    port = int(server.url.rsplit(":", 1)[1])
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    return sock
-
-
 def test_a_client_that_disconnects_cancels_its_request(server: Served) -> None:
     server.serving.cancelled.clear()
     sock = raw_request(server, {"do": "hang"})
@@ -335,43 +208,6 @@ def test_the_lifespan_starts_and_stops_the_engine_and_logs_stats(caplog) -> None
             time.sleep(0.02)
         served.stop()
     assert served.engine.stopped == 1
-
-
-def test_sigterm_cancels_a_stream_that_outlives_the_grace_period(monkeypatch) -> None:
-    """run_server in this process: SIGTERM, a stream that never ends, a short grace period."""
-    from fw.entrypoints.openai import api_server
-
-    monkeypatch.setattr(api_server, "GRACEFUL_SHUTDOWN_SECONDS", 0.5)
-    engine, serving, config = FakeEngine(), FakeServing(), frontend()
-    app = build_app(engine, serving, config, ["tiny"], CollectorRegistry())
-    sock = bind_socket("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    def client() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                requests.get(url + "/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.02)
-        with requests.post(url + "/v1/completions", json={"do": "stream"}, stream=True, timeout=10) as response:
-            assert serving.stream_started.wait(5)
-            os.kill(os.getpid(), signal.SIGTERM)
-            with contextlib.suppress(requests.RequestException):
-                for _ in response.iter_lines():
-                    pass
-
-    handler_before = signal.getsignal(signal.SIGTERM)
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    start = time.monotonic()
-    api_server.run_server(app, config, sock)  # returns: the signal neither kills nor raises
-    assert time.monotonic() - start < 5
-    assert serving.stream_closed.is_set(), "the endless stream was not closed"
-    assert engine.stopped == 1
-    assert signal.getsignal(signal.SIGTERM) == handler_before
-    thread.join(5)
 
 
 @pytest.mark.parametrize("level", ["error", "debug"])

@@ -60,7 +60,7 @@ def test_health_version_index_and_metrics(server) -> None:
 
 
 def tokenize(server, **body) -> dict:
-    response = requests.post(server.url + "/tokenize", json=body, timeout=5)
+    response = requests.post(server.url + "/tokenize", json=body, headers=server.auth, timeout=5)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -69,13 +69,14 @@ def test_tokenize_and_detokenize_round_trip(server) -> None:
     tokens = tokenize(server, model="tiny", prompt=PROMPT, return_token_strs=True)
     assert tokens["count"] == len(tokens["tokens"]) == len(tokens["token_strs"]) > 1
     assert tokens["max_model_len"] == 512
-    text = requests.post(server.url + "/detokenize", json={"tokens": tokens["tokens"]}, timeout=5).json()
+    text = requests.post(server.url + "/detokenize", json={"tokens": tokens["tokens"]}, headers=server.auth,
+                         timeout=5).json()
     assert text == {"prompt": PROMPT}
 
 
 def test_request_id_headers(server) -> None:
     response = requests.post(server.url + "/tokenize", json={"prompt": "a"}, timeout=5,
-                             headers={"X-Request-Id": "trace-42"})
+                             headers={"X-Request-Id": "trace-42", **server.auth})
     assert response.headers["x-request-id"] == "trace-42"
     generated = {requests.get(server.url + "/health", timeout=5).headers["x-request-id"] for _ in range(3)}
     assert len(generated) == 3
@@ -170,7 +171,7 @@ def test_echo_prepends_the_prompt(client) -> None:
 
 
 def test_prompts_as_lists_of_strings_and_token_ids(client, server) -> None:
-    ids = requests.post(server.url + "/tokenize", json={"prompt": PROMPT}, timeout=5).json()["tokens"]
+    ids = requests.post(server.url + "/tokenize", json={"prompt": PROMPT}, headers=server.auth, timeout=5).json()["tokens"]
     response = complete(client, prompt=[PROMPT, ids], max_tokens=6)
     assert len(response.choices) == 2 and response.choices[0].text == response.choices[1].text
 
@@ -245,9 +246,9 @@ def test_generation_prompt_options_and_template_kwargs(client, server) -> None:
     without = chat(client, extra_body={"add_generation_prompt": False})
     assert with_prompt.usage.prompt_tokens == without.usage.prompt_tokens + 1  # <|assistant|>
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the quick"}]
-    rendered = requests.post(server.url + "/tokenize", timeout=5, json={
+    rendered = requests.post(server.url + "/tokenize", headers=server.auth, timeout=5, json={
         "messages": messages, "continue_final_message": True, "add_generation_prompt": False}).json()
-    expected = requests.post(server.url + "/tokenize", timeout=5, json={
+    expected = requests.post(server.url + "/tokenize", headers=server.auth, timeout=5, json={
         "prompt": "<|user|>hi</s><|assistant|>the quick", "add_special_tokens": False}).json()
     assert rendered["tokens"] == expected["tokens"]  # ends inside the assistant's message
     continued = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0,

@@ -193,6 +193,19 @@ def test_sandbox_escape_in_a_trusted_template_is_refused(make_api, escape, tmp_p
     assert not (tmp_path / "pwned").exists()
 
 
+def test_request_templates_render_under_the_servers_budgets(make_api):
+    api = make_api(trust_request_chat_template=True, request_chat_template_max_bytes=100,
+                   request_chat_template_timeout=0.5)
+    messages = [{"role": "user", "content": "hi"}]
+    error = api.error("chat_completions", {"messages": messages, "chat_template": "{{ 'x' * 101 }}"})
+    assert (error.status_code, error.param) == (400, "chat_template")
+    assert "output budget of 100 B (--request-chat-template-max-bytes)" in error.message
+    error = api.error("tokenize", {"messages": messages, "chat_template": "{% for i in range(100000) %}"
+                                   "{% for j in range(100000) %}{% endfor %}{% endfor %}"})
+    assert "time budget of 0.5 s (--request-chat-template-timeout)" in error.message
+    assert api.tokenize(messages=messages, chat_template="{{ 'x' * 100 }}")["count"] > 0
+
+
 # ---------------------------------------------------------------- one renderer for LLM.chat and the server
 
 BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"

@@ -39,7 +39,40 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
     ("chat_completions", {**CHAT, "top_logprobs": 2}, "top_logprobs", "logprobs"),
     ("chat_completions", {**CHAT, "stream_options": {"include_usage": True}}, "stream_options", "stream"),
     ("chat_completions", {**CHAT, "tool_choice": "required"}, "tool_choice", "not supported"),
+    # Strict types: nothing is coerced (#9).
+    ("completions", {"prompt": "x", "max_tokens": "3"}, "max_tokens", "valid integer"),
+    ("completions", {"prompt": "x", "stream": "yes"}, "stream", "valid boolean"),
+    ("completions", {"prompt": "x", "n": 2.0}, "n", "valid integer"),
+    ("completions", {"prompt": "x", "echo": 1}, "echo", "valid boolean"),
+    ("completions", {"prompt": "x", "temperature": float("inf")}, "temperature", "finite"),
+    ("completions", {"prompt": "x", "logit_bias": {"5": float("nan")}}, "logit_bias.5", "finite"),
+    # What fw does not implement is refused, not ignored.
+    ("completions", {"prompt": "x", "response_format": "garbage"}, "response_format", "text"),
+    ("chat_completions", {**CHAT, "response_format": {"type": "json_object"}}, "response_format", "text"),
+    ("completions", {"prompt": "x", "best_of": 3}, "best_of", "best_of"),
+    ("completions", {"prompt": "x", "suffix": "!"}, "suffix", "suffix"),
+    ("chat_completions", {**CHAT, "tool_choice": "banana"}, "tool_choice", "'none' or 'auto'"),
+    ("chat_completions", {**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice",
+     "not supported"),
+    ("chat_completions", {**CHAT, "tools": [{"type": "function"}]}, "tools[0].function", "missing"),
+    ("chat_completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+     "tools[0].function.name", "pattern"),
+    ("chat_completions", {**CHAT, "tools": [{"type": "retrieval"}]}, "tools[0].type", "'function'"),
+    ("chat_completions", {**CHAT, "functions": [{"name": "f"}]}, "functions", "use tools"),
+    ("chat_completions", {**CHAT, "function_call": "auto"}, "function_call", "tool_choice"),
+    ("chat_completions", {**CHAT, "modalities": ["text", "audio"]}, "modalities", "text"),
+    ("chat_completions", {**CHAT, "reasoning_effort": "high"}, "reasoning_effort", "unknown field"),
+    ("completions", {"prompt": "x", "echo": True, "frobnicate": 1}, "frobnicate", "unknown field"),
+    # A message with no content: only an assistant's, with tool_calls.
+    ("chat_completions", {"messages": [{"role": "user", "content": None}]}, "messages[0].content", "needs content"),
+    ("chat_completions", {"messages": [{"role": "user"}]}, "messages[0].content", "needs content"),
+    ("chat_completions", {"messages": [{"role": "assistant"}]}, "messages[0].content", "tool_calls"),
+    # Sequences per request: prompts x n, capped by --max-num-seqs (256).
+    ("completions", {"prompt": ["x"] * 100, "n": 3}, "n", "300 sequences"),
+    ("completions", {"prompt": "x", "seed": 2**64}, "seed", "seed"),
+    ("completions", {"prompt": "x", "top_k": 2**70}, "top_k", "top_k"),
     ("tokenize", {"prompt": 3}, "prompt", "valid string"),
+    ("tokenize", {"prompt": "x", "add_special_tokens": "no"}, "add_special_tokens", "valid boolean"),
     ("detokenize", {"tokens": [1, 400]}, "tokens", "out of vocabulary"),
     ("detokenize", {"tokens": [-1]}, "tokens", "out of vocabulary"),
 ])
@@ -124,11 +157,31 @@ def test_token_bytes_rebuild_a_character_split_over_tokens(api):
     assert serving.token_bytes(word) == list(b" quick")
 
 
-def test_unknown_fields_are_ignored_with_a_warning(api, caplog):
-    with caplog.at_level(logging.WARNING, logger="fw.server"):
-        response = api.complete(prompt="x", max_tokens=1, suffix="!", best_of=3)
+def test_unknown_fields_are_refused_naming_them(api):
+    error = api.error("completions", {"prompt": "x", "max_tokens": 1, "frobnicate": 1})
+    assert (error.status_code, error.param) == (400, "frobnicate")
+    assert "unknown field 'frobnicate'" in error.message
+    error = api.error("chat_completions", {**CHAT, "stream_options": {"include_usage": True, "x": 1}, "stream": True})
+    assert error.param == "stream_options.x"
+
+
+def test_null_means_not_given(api):
+    response = api.complete(prompt="x", max_tokens=None, n=None, logprobs=None, echo=None, stream=None, stop=None,
+                            temperature=None, seed=None, user=None, suffix=None, best_of=None)
+    assert len(response["choices"]) == 1 and response["usage"]["completion_tokens"] <= 16  # the defaults
+    chat = api.chat(**CHAT, logprobs=None, tools=None, tool_choice=None, response_format=None, max_tokens=None,
+                    functions=None, stream_options=None)
+    assert chat["choices"][0]["logprobs"] is None
+
+
+def test_fields_that_change_nothing_are_accepted(api):
+    # What clients send by habit: no effect on fw's answer, so not refused.
+    response = api.complete(prompt="x", max_tokens=1, user="u-1", metadata={"k": "v"}, store=False,
+                            service_tier="auto", best_of=1, suffix=None, response_format={"type": "text"})
     assert response["choices"][0]["finish_reason"] is not None
-    assert "ignored fields: best_of, suffix" in caplog.text
+    chat = api.chat(**CHAT, max_tokens=1, parallel_tool_calls=False, modalities=["text"], tool_choice="none",
+                    function_call="none", safety_identifier="s", prompt_cache_key="k")
+    assert chat["choices"][0]["finish_reason"] is not None
 
 
 def test_each_request_is_logged_once_with_a_cut_prompt(make_api, caplog):
@@ -187,3 +240,13 @@ def test_an_error_midway_through_a_stream_is_an_event_then_done(api):
                      '"param": "prompt", "code": 400}}\n\n'
     _, failed, done = asyncio.run(read(RuntimeError("boom")))
     assert '"code": 500' in failed and "boom" in failed and done == "data: [DONE]\n\n"
+
+
+def test_an_assistant_message_with_tool_calls_needs_no_content(api):
+    call = {"id": "call-1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}
+    messages = [{"role": "user", "content": "add"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call-1", "content": "1"}]
+    tool = {"type": "function", "function": {"name": "add", "description": "adds", "parameters": {"type": "object"}}}
+    response = api.chat(messages=messages, tools=[tool], tool_choice="auto", max_tokens=1)
+    assert response["choices"][0]["finish_reason"] is not None
+    assert api.tokenize(messages=messages)["count"] > 0
