@@ -178,9 +178,10 @@ class AsyncEngine:
         """
         self._check_alive()
         self.check_request_size(1, params.n)  # a 400 for a request too big ever to run, never a 503
-        prompt_text = None
-        if isinstance(prompt, str):
-            prompt_text, prompt = prompt, await asyncio.to_thread(self.engine.encode, prompt)
+        prompt_text = prompt if isinstance(prompt, str) else None
+        # An invalid request is a 400 however busy the engine is: checked before admission, in a
+        # worker thread (a long prompt's ids take a while to encode and to check).
+        prompt = await asyncio.to_thread(self._checked_prompt, prompt, params, priority)
         admitted = self._admission.admit(params.n, len(prompt))  # raises EngineOverloadedError
         kind = params.output_kind
         merged: RequestOutput | None = None
@@ -216,6 +217,12 @@ class AsyncEngine:
             admitted.release(completed=merged is not None and merged.finished)
             if not finished:
                 self.abort(request_id)
+
+    def _checked_prompt(self, prompt: str | list[int], params: SamplingParams, priority: int) -> list[int]:
+        """The prompt's token ids, once the engine would take the request (else InvalidRequestError)."""
+        token_ids = self.engine.encode(prompt) if isinstance(prompt, str) else prompt
+        self.engine.check_request(token_ids, params, priority)
+        return token_ids
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its blocks; safe from any thread, a no-op once it finished."""

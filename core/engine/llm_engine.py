@@ -167,6 +167,11 @@ class LLMEngine:
         self.requests[request_id] = seqs
         self._prompts[request_id] = prompt_text
 
+    def check_request(self, token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
+        """Raise ``InvalidRequestError`` unless ``add_request`` would take this request (thread-safe:
+        it reads only the engine's fixed limits)."""
+        check_request(token_ids, params, priority, self._limits)
+
     def encode(self, prompt: str) -> list[int]:
         """The token ids of a text prompt, as ``add_request`` encodes it."""
         return self.tokenizer.encode(prompt, add_special_tokens=True)

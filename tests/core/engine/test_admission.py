@@ -79,6 +79,12 @@ def test_the_async_engine_refuses_at_once_when_full_and_queues_nothing(small_que
             await drain("over")
         with pytest.raises(InvalidRequestError, match=r"n is 5, more than the maximum of 4"):
             await drain("too-big", n=5)  # never fits: a 400, not a 503
+        with pytest.raises(InvalidRequestError, match="stop_token_ids"):  # invalid: a 400 however busy
+            async for _ in engine.generate([5, 6, 7], LONG.clone(stop_token_ids=[10**6]), "invalid"):
+                pass
+        with pytest.raises(InvalidRequestError, match="prompt"):
+            async for _ in engine.generate([10**6], LONG, "invalid-prompt"):
+                pass
         assert "over" not in small_queue.engine.requests
         for task in running:
             task.cancel()
