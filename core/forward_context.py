@@ -55,6 +55,9 @@ class ForwardContext:
     # One tensor per layer: [2, num_blocks, block_size, num_kv_heads, head_dim]
     kv_caches: list[torch.Tensor]
     backend: AttentionBackend
+    # --calculate-kv-scales: each attention layer sets its fp8 KV-cache scales from this step's
+    # keys and values before writing them. True for the first real batch only.
+    calculate_kv_scales: bool = False
 
 
 _current: ForwardContext | None = None

@@ -17,6 +17,10 @@ cache serves the whole group. It walks the sequence's context in ``TILE_N``-toke
 table (a tile may span several cache blocks, so block size and tile size are independent)
 with an online softmax accumulated in float32.
 
+An fp8 cache is read as its bytes and widened with integer operations (``triton_cache``
+says why): each K/V tile becomes float16 and then the query's dtype, exactly, before ``tl.dot``;
+the key scale is folded into ``qk_scale`` and the value scale into ``out_scale``.
+
 Leaf code: imports neither ``fw.core`` nor ``fw.plugins``, and importing it touches no GPU.
 """
 
@@ -25,6 +29,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from fw.kernels.triton_cache import FP8_FORMATS, _check_scales, _fp8_to_float16, fp8_format, fp16_view_factor
 
 _LOG2E = 1.4426950408889634
 # tl.dot needs every dimension >= 16 on GPUs; smaller tiles are padded and masked.
@@ -62,7 +68,8 @@ def _paged_attention_kernel(
     seq_lens_ptr,  # [num_seqs] int32
     block_tables_ptr,  # [num_seqs, max_num_blocks] int32
     num_seqs,
-    qk_scale,  # softmax scale * log2(e): the softmax runs in base 2
+    qk_scale,  # softmax scale * log2(e) (the softmax runs in base 2) * an fp8 cache's key scale
+    out_scale,  # an fp8 cache's value scale; 1.0 otherwise
     query_stride_token,
     query_stride_head,
     out_stride_token,
@@ -80,6 +87,7 @@ def _paged_attention_kernel(
     TILE_N: tl.constexpr,  # context tokens per step of the online softmax
     SLIDING_WINDOW: tl.constexpr,  # 0 = full causal attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 (not TF32) so results match the reference; None = default
+    FP8_MANTISSA_BITS: tl.constexpr,  # 0: the cache is in the query's dtype; 3 / 2: fp8 e4m3 / e5m2 bytes
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -140,6 +148,9 @@ def _paged_attention_kernel(
             mask=pos_mask[:, None] & dim_mask[None, :],
             other=0.0,
         )
+        if FP8_MANTISSA_BITS > 0:  # exact: every fp8 value is a float16, bfloat16 and float32 value
+            k = _fp8_to_float16(k, FP8_MANTISSA_BITS).to(q.dtype)
+            v = _fp8_to_float16(v, FP8_MANTISSA_BITS).to(q.dtype)
 
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, TILE_N]
         visible = row_mask[:, None] & (pos[None, :] <= query_pos[:, None])
@@ -157,7 +168,7 @@ def _paged_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
 
-    acc = acc / tl.where(l == 0.0, 1.0, l)[:, None]  # l is 0 only in padding rows, never stored
+    acc = acc * (out_scale / tl.where(l == 0.0, 1.0, l))[:, None]  # l is 0 only in padding rows, never stored
     out_offsets = token[:, None] * out_stride_token + head[:, None] * out_stride_head + dims[None, :]
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -172,11 +183,14 @@ def paged_attention(
     max_query_len: int,
     sliding_window: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its cached context.
 
     query: [num_tokens, num_heads, head_dim] (last dim contiguous) -> [num_tokens, num_heads, head_dim]
-    kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim], same dtype as query,
+    kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim], same dtype as query or fp8
+    (keys / ``k_scale`` and values / ``v_scale``, as ``triton_cache.write_kv`` stores them),
     already holding this step's keys and values.
     query_start_loc: [num_seqs + 1] int32; seq_lens: [num_seqs] int32;
     block_tables: [num_seqs, max_num_blocks] int32. The last ``query_len`` of a
@@ -185,6 +199,8 @@ def paged_attention(
     ``sliding_window`` a query at position p sees keys in ``(p - sliding_window, p]``.
     """
     _check_paged_attention_args(query, kv_cache, query_start_loc, seq_lens, block_tables, sliding_window, out)
+    fmt = fp8_format(kv_cache.dtype)
+    _check_scales(fmt, k_scale, v_scale)
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
     num_seqs = seq_lens.shape[0]
@@ -206,6 +222,9 @@ def paged_attention(
     q_tile_bytes = block_m * head_dim_padded * query.element_size()
     # Upper bound on query blocks without reading query lengths on the host (see _find_sequence).
     num_q_blocks = num_tokens // block_q + num_seqs
+    if fmt.mantissa_bits:
+        kv_cache = kv_cache.view(torch.uint8)
+    view_factor = fp16_view_factor(fmt)
     key_cache, value_cache = kv_cache[0], kv_cache[1]
     _paged_attention_kernel[(num_q_blocks, num_kv_heads)](
         out,
@@ -216,7 +235,8 @@ def paged_attention(
         seq_lens,
         block_tables,
         num_seqs,
-        scale * _LOG2E,
+        scale * _LOG2E * k_scale * view_factor,
+        v_scale * view_factor,
         query.stride(0),
         query.stride(1),
         out.stride(0),
@@ -234,6 +254,7 @@ def paged_attention(
         TILE_N=_TILE_N,
         SLIDING_WINDOW=sliding_window or 0,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else None,
+        FP8_MANTISSA_BITS=fmt.mantissa_bits,
         # From a 16 KiB Q tile on, 4 warps spill registers (Q, the fp32 accumulator, K/V tiles).
         num_warps=8 if q_tile_bytes >= _Q_TILE_BYTES else 4,
     )
@@ -260,8 +281,8 @@ def _check_paged_attention_args(
         raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"query must be float16, bfloat16 or float32; got {query.dtype}")
-    if kv_cache.dtype != query.dtype:
-        raise ValueError(f"kv_cache dtype ({kv_cache.dtype}) must match query dtype ({query.dtype})")
+    if kv_cache.dtype != query.dtype and kv_cache.dtype not in FP8_FORMATS:
+        raise ValueError(f"kv_cache dtype ({kv_cache.dtype}) must match query dtype ({query.dtype}) or be fp8")
     num_seqs = seq_lens.shape[0] if seq_lens.dim() == 1 else -1
     for name, tensor, shape in (
         ("query_start_loc", query_start_loc, (num_seqs + 1,)),

@@ -4,6 +4,11 @@ Fast paths, all exact: a prefill with nothing cached attends over its own new ke
 one causal SDPA call; the decodes of a step go through batched SDPA calls over their
 gathered blocks; prefill chunks that continue a cached prefix gather their context and
 run one SDPA each. The CPU platform's subclass replaces ``_decode`` with its C kernel.
+
+With an fp8 cache every path computes on the stored values (``kv_quant.quantize_kv``),
+dequantized to the query's dtype (times the layer's scale) after the gather, the fresh
+prefill's own keys included, so that an output does not depend on whether its prefix came
+from the prefix cache, an earlier chunk or this step.
 """
 
 from __future__ import annotations
@@ -11,15 +16,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fw.core.attention.kv_quant import KVScales, is_fp8, quantize_kv
 from fw.core.forward_context import AttentionMetadata
 from fw.core.interfaces.attention import AttentionBackend
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """write_kv_ref as one index_copy_ per tensor over the flattened slots (much faster on CPU)."""
+    """write_kv_ref as one index_copy_ per tensor over the flattened slots (much faster on CPU).
+
+    An fp8 cache takes keys and values already quantized (``quantize_kv``).
+    """
     num_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
-    kv_cache[0].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
-    kv_cache[1].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+    key, value = key.to(kv_cache.dtype), value.to(kv_cache.dtype)
+    if is_fp8(kv_cache.dtype):  # index_copy_ has no float8 kernel on the CPU: copy the bytes
+        kv_cache, key, value = kv_cache.view(torch.uint8), key.view(torch.uint8), value.view(torch.uint8)
+    kv_cache[0].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, key)
+    kv_cache[1].view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, value)
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +58,14 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def forward(self, query, key, value, kv_cache, metadata: AttentionMetadata, scale, sliding_window=None):
+    def forward(self, query, key, value, kv_cache, metadata: AttentionMetadata, scale, sliding_window=None,
+                kv_scales: KVScales | None = None):
+        k_scale = v_scale = 1.0
+        if is_fp8(kv_cache.dtype):
+            kv_scales = kv_scales or KVScales()
+            k_scale, v_scale = kv_scales.k, kv_scales.v
+            # From here on the stored values stand for the keys and values, in every path below.
+            key, value = quantize_kv(key, k_scale, kv_cache.dtype), quantize_kv(value, v_scale, kv_cache.dtype)
         write_kv(key, value, kv_cache, metadata.slot_mapping)
         starts = metadata.query_start_loc_cpu or metadata.query_start_loc.tolist()
         seq_lens = metadata.seq_lens_cpu or metadata.seq_lens.tolist()
@@ -56,7 +75,8 @@ class TorchAttentionBackend(AttentionBackend):
             decodes = metadata.backend_cache["decodes"] = [
                 s for s in range(len(seq_lens)) if starts[s + 1] - starts[s] == 1]
         if decodes:
-            self._decode(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out)
+            self._decode(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out, k_scale,
+                         v_scale)
         if len(decodes) == len(seq_lens):
             return out
         for s in range(len(seq_lens)):
@@ -77,12 +97,13 @@ class TorchAttentionBackend(AttentionBackend):
                 if sliding_window is not None:
                     mask &= k_pos > q_pos - sliding_window
                 mask, causal = mask.to(query.device), False
-            k = k.to(query.dtype).transpose(0, 1).unsqueeze(0)
-            v = v.to(query.dtype).transpose(0, 1).unsqueeze(0)
+            k = _dequantize(k, query.dtype, k_scale).transpose(0, 1).unsqueeze(0)
+            v = _dequantize(v, query.dtype, v_scale).transpose(0, 1).unsqueeze(0)
             out[start:end] = _sdpa(q, k, v, mask, causal, scale)[0].transpose(0, 1)
         return out
 
-    def _decode(self, query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out) -> None:
+    def _decode(self, query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out,
+                k_scale: float = 1.0, v_scale: float = 1.0) -> None:
         """Single-token queries, in groups of similar context length, over their gathered blocks.
 
         Grouping by length keeps the padding (and the gathered copies) small: on the 2-core
@@ -110,5 +131,13 @@ class TorchAttentionBackend(AttentionBackend):
             # The query heads sharing a kv head act as that head's query positions: one
             # plain SDPA call instead of enable_gqa, which is several times slower in bf16.
             q = query[token_rows].view(b, num_kv_heads, group, head_dim)
-            attn = _sdpa(q, k.to(query.dtype), v.to(query.dtype), mask[:, None, None, :], False, scale, gqa=False)
+            k, v = _dequantize(k, query.dtype, k_scale), _dequantize(v, query.dtype, v_scale)
+            attn = _sdpa(q, k, v, mask[:, None, None, :], False, scale, gqa=False)
             out[token_rows] = attn.reshape(b, num_kv_heads * group, head_dim)
+
+
+def _dequantize(stored: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Cached keys or values in ``dtype``: an fp8 cache's stored values times their scale (1.0 for
+    other caches). Scaling the values, not the softmax scale, keeps float16 products in range."""
+    stored = stored.to(dtype)
+    return stored if scale == 1.0 else stored * scale

@@ -32,7 +32,14 @@ class CacheConfig(ConfigBase):
     )
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = option(
         "auto",
-        help="Data type of the KV cache. 'auto' uses the model's dtype; 'fp8' is fp8_e4m3.",
+        help="Data type of the KV cache. 'auto' uses the model's dtype; 'fp8' (fp8_e4m3) and fp8_e5m2 store "
+        "keys and values in 8 bits with a scale per layer (the checkpoint's k_scale/v_scale, else 1.0), which "
+        "doubles the tokens the cache holds against bfloat16.",
+    )
+    calculate_kv_scales: bool = option(
+        False,
+        help="With an fp8 KV cache, compute each layer's key and value scales from the first batch (largest "
+        "magnitude / the fp8 format's largest value) instead of the checkpoint's, then keep them fixed.",
     )
     enable_prefix_caching: bool = option(
         True, help="Reuse the KV cache of prompts that share a prefix with earlier requests."
@@ -48,6 +55,9 @@ class CacheConfig(ConfigBase):
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         require_positive("kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         require_positive("num_gpu_blocks_override", self.num_gpu_blocks_override)
+        if self.calculate_kv_scales and self.kv_cache_dtype == "auto":
+            raise ConfigError("--calculate-kv-scales computes the scales of an fp8 KV cache; "
+                              "give --kv-cache-dtype fp8 (or fp8_e5m2) with it")
 
     @property
     def cpu_kv_cache_bytes(self) -> int:

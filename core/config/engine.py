@@ -76,9 +76,6 @@ class EngineConfig:
             ("--max-lora-rank", lora.max_lora_rank != defaults.max_lora_rank)) if is_set]
         if lora_flags:
             raise ConfigError(f"LoRA adapters are not available yet in fw ({', '.join(lora_flags)})")
-        if self.cache.kv_cache_dtype != "auto":
-            raise ConfigError(f"--kv-cache-dtype {self.cache.kv_cache_dtype} is not available yet in fw; "
-                              "the KV cache is stored in the model's dtype (auto)")
         if self.model.tokenizer_mode != "auto":
             raise ConfigError(f"--tokenizer-mode {self.model.tokenizer_mode} is not available yet in fw; "
                               "it uses the model's fast tokenizer (auto)")

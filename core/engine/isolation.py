@@ -72,7 +72,7 @@ def probe_model(runner: ModelRunner, block_manager: BlockManager) -> None:
         return  # every block is held by a live sequence: nothing to probe with, so assume it runs
     block_manager.append_slots(probe, 1)
     try:
-        runner.execute(ScheduledBatch([probe], [1]), block_manager)
+        runner.execute_dummy(ScheduledBatch([probe], [1]), block_manager)
     except Exception as error:  # noqa: BLE001 - the model itself fails: nothing can run
         raise EngineDeadError(f"the model fails on every request and on a 1-token probe: "
                               f"{describe_error(error)}") from error

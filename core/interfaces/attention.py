@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 if TYPE_CHECKING:
+    from fw.core.attention.kv_quant import KVScales
     from fw.core.forward_context import AttentionMetadata
 
 
@@ -30,6 +31,7 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        kv_scales: KVScales | None = None,
     ) -> torch.Tensor:
         """Store ``key``/``value`` at ``metadata.slot_mapping``, then attend.
 
@@ -38,4 +40,9 @@ class AttentionBackend(ABC):
         head_dim]``. Returns ``[num_tokens, num_heads, head_dim]``. Causal within each
         sequence; with ``sliding_window`` a query at position p sees keys in
         ``(p - sliding_window, p]``.
+
+        An fp8 ``kv_cache`` (the platform lists the dtypes in ``Platform.kv_cache_dtypes``) stores
+        ``fp8(key / kv_scales.k)`` and ``fp8(value / kv_scales.v)``, saturated, and reads them back
+        times the scales (see ``fw.core.attention.kv_quant``); ``None`` means scales of 1.0. Other
+        caches ignore ``kv_scales``.
         """

@@ -69,6 +69,12 @@ class Platform(ABC):
         measures nothing). Called once, after the model is loaded.
         """
 
+    def kv_cache_dtypes(self) -> list[torch.dtype]:
+        """The 8-bit KV-cache dtypes (``torch.float8_e4m3fn``, ``torch.float8_e5m2``) the platform's
+        attention backend writes and reads, for ``--kv-cache-dtype fp8``. The default is none: the
+        cache is stored in the model's dtype, and an fp8 request is refused at start-up."""
+        return []
+
     def profile_peak_memory(self, run_forward: Callable[[], None]) -> int | None:
         """Call ``run_forward`` (a forward at the largest batch) and return the device's peak
         memory meanwhile, in bytes; weights included.

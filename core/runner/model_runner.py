@@ -6,6 +6,7 @@ is the only code that sets the forward context.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,6 +20,8 @@ from fw.core.kv_cache import BlockManager
 from fw.core.runner.sampler import Sampler, SamplerOutput, SamplingBatch, compute_prompt_logprobs
 from fw.core.scheduler import ScheduledBatch
 
+logger = logging.getLogger("fw")
+
 
 @dataclass
 class KVCacheSpec:
@@ -26,13 +29,16 @@ class KVCacheSpec:
     num_kv_heads: int
     head_dim: int
     block_size: int
+    # The cache's storage dtype: the model's, or float8 for --kv-cache-dtype fp8 (half of bf16's
+    # bytes, so twice the blocks in the same memory).
     dtype: torch.dtype
+    # --calculate-kv-scales: the fp8 scales come from the first batch's keys and values.
+    calculate_scales: bool = False
 
     @property
     def block_bytes(self) -> int:
         """Bytes one block takes over all layers (keys and values)."""
-        element = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * element
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * self.dtype.itemsize
 
 
 @dataclass
@@ -59,6 +65,8 @@ class ModelRunner:
         # dtypes it lists (sample_rows_dtypes).
         self.sampler = Sampler(platform.ops(torch.float32))
         self.kv_caches: list[torch.Tensor] = []
+        # Until the first real batch has run (dummy_run does not count): see KVCacheSpec.calculate_scales.
+        self.kv_scales_pending = kv_spec.calculate_scales
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         spec = self.kv_spec
@@ -116,8 +124,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, block_manager: BlockManager) -> StepResult:
         input_ids, positions, metadata, sample_rows, sample_seqs, prompt_rows = self._prepare(batch, block_manager)
-        with forward_context(ForwardContext(metadata, self.kv_caches, self.backend)):
+        with forward_context(ForwardContext(metadata, self.kv_caches, self.backend, self.kv_scales_pending)):
             hidden = self.model(input_ids, positions)
+        if self.kv_scales_pending:
+            self.kv_scales_pending = False
+            logger.info("KV-cache scales calculated from the first batch (%d tokens); fixed from now on",
+                        input_ids.shape[0])
         sampled = None
         if sample_seqs:
             logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])
@@ -140,9 +152,18 @@ class ModelRunner:
         cached: list[int] = []
         block_manager.allocate(seq, cached, num_tokens)
         try:
-            self.execute(ScheduledBatch([seq], [num_tokens]), block_manager)
+            self.execute_dummy(ScheduledBatch([seq], [num_tokens]), block_manager)
         finally:
             block_manager.free(seq)
+
+    def execute_dummy(self, batch: ScheduledBatch, block_manager: BlockManager) -> StepResult:
+        """``execute`` for the engine's own dummy work (profiling, a health probe): its made-up
+        tokens never set the fp8 KV-cache scales (--calculate-kv-scales waits for a real batch)."""
+        pending, self.kv_scales_pending = self.kv_scales_pending, False
+        try:
+            return self.execute(batch, block_manager)
+        finally:
+            self.kv_scales_pending = pending
 
 
 def to_position_logprobs(chosen, ranks, top, token_ids: Iterable[int]) -> list[dict[int, Logprob]]:

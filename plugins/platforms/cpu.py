@@ -85,6 +85,12 @@ class CpuPlatform(Platform):
 
         return CpuAttentionBackend
 
+    def kv_cache_dtypes(self) -> list[torch.dtype]:
+        # The torch backend converts fp8 with torch; the C decode kernel reads it in place.
+        from fw.core.attention.kv_quant import fp8_dtypes
+
+        return list(fp8_dtypes())
+
     def kv_cache_budget(self, cache: CacheConfig, profile_peak_bytes: int | None) -> int:
         # Host memory is not profiled: the cache takes a fixed size (vLLM's 4 GiB by default).
         return cache.cpu_kv_cache_bytes

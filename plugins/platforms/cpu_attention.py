@@ -1,7 +1,7 @@
 """The CPU platform's attention backend: torch's, with decodes in fw's C kernel.
 
 The kernel (fw.kernels.cpu_attention) reads keys and values in place from the paged
-cache; the torch path gathers them into padded copies first.
+cache, fp8 caches included; the torch path gathers them into padded copies first.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata, decodes: list[int],
                 starts: list[int], seq_lens: list[int], scale: float, sliding_window: int | None,
-                out: torch.Tensor) -> None:
-        if not (self.decode_kernel and query.dtype in cpu_attention.DTYPES and kv_cache.dtype == query.dtype):
-            super()._decode(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out)
+                out: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+        if not (self.decode_kernel and query.dtype in cpu_attention.DTYPES
+                and (kv_cache.dtype == query.dtype or kv_cache.dtype in cpu_attention.FP8_DTYPES)):
+            super()._decode(query, kv_cache, metadata, decodes, starts, seq_lens, scale, sliding_window, out,
+                            k_scale, v_scale)
             return
         cached = metadata.backend_cache.get("decode_kernel_args")
         if cached is None:  # the same for every layer of the step
@@ -35,4 +37,4 @@ class CpuAttentionBackend(TorchAttentionBackend):
                 torch.tensor([starts[s] for s in decodes]))
         block_tables, lens, token_rows = cached
         cpu_attention.paged_decode_attention(query, kv_cache, block_tables, lens, token_rows, out, scale,
-                                             sliding_window)
+                                             sliding_window, k_scale, v_scale)

@@ -49,6 +49,13 @@ class CudaPlatform(Platform):
 
         return TritonAttentionBackend
 
+    def kv_cache_dtypes(self) -> list[torch.dtype]:
+        # The Triton kernels encode and decode fp8 with integer operations, not the hardware's
+        # conversions (e4m3 has them from sm_89 only), so any GPU Triton runs on reads both formats.
+        from fw.core.attention.kv_quant import fp8_dtypes
+
+        return list(fp8_dtypes())
+
     def profile_peak_memory(self, run_forward: Callable[[], None]) -> int | None:
         torch.cuda.reset_peak_memory_stats()
         run_forward()

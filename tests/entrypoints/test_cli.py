@@ -222,8 +222,6 @@ def test_vllm_style_api_server_module_runs_fw_serve(tmp_path: Path) -> None:
     (["--enable-lora", "--lora-modules", "sql=/adapters/sql"],
      "LoRA adapters are not available yet in fw (--enable-lora, --lora-modules)"),
     (["--max-lora-rank", "64"], "LoRA adapters are not available yet in fw (--max-lora-rank)"),
-    (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype fp8 is not available yet in fw; the KV cache is stored in the "
-                                  "model's dtype (auto)"),
     (["--tokenizer-mode", "mistral"], "--tokenizer-mode mistral is not available yet in fw; it uses the model's fast "
                                       "tokenizer (auto)"),
     (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}'],

@@ -104,3 +104,88 @@ def test_bfloat16_shapes_of_the_vectorised_path_match_the_reference(head_dim, gr
     starts = torch.arange(len(seq_lens) + 1, dtype=torch.int32)
     expected = paged_attention_ref(query, cache, starts, seq_lens, tables, head_dim**-0.5, window)
     torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---------------------------------------------------------------- fp8 caches
+
+FP8_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2]
+#: fp8_conversion_path() of each build in cpu_attention.FP8_PATH_FLAGS.
+PATH_NUMBERS = {"avx512": 2, "avx2": 1, "table": 0}
+# The native build (AVX-512 on the dev machine) always; the others compile the kernel again.
+PATHS = ["avx512", pytest.param("avx2", marks=pytest.mark.slow), pytest.param("table", marks=pytest.mark.slow)]
+
+
+@pytest.fixture
+def fp8_path(request, monkeypatch):
+    """The kernel built for conversion path ``request.param``, installed as ``cpu_attention.load()``."""
+    library = cpu_attention.build_library(cpu_attention.FP8_PATH_FLAGS[request.param])
+    if library.fp8_conversion_path() != PATH_NUMBERS[request.param]:
+        pytest.skip(f"this CPU cannot run the {request.param} conversions")
+    monkeypatch.setattr(cpu_attention, "load", lambda: library)
+    return request.param
+
+
+def finite_fp8_codes(cache_dtype: torch.dtype) -> torch.Tensor:
+    """All 256 bytes as fp8, with NaN and inf replaced by zero (fw's writers saturate: a cache
+    never holds them unless the model produced NaN)."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(cache_dtype)
+    return torch.where(codes.float().isfinite(), codes.float(), 0.0).to(cache_dtype)
+
+
+@pytest.mark.parametrize("fp8_path", PATHS, indirect=True)
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_fp8_value_is_read_exactly(fp8_path, cache_dtype, dtype):
+    # One cached position: the softmax weight is exactly 1 and the output is the value times
+    # v_scale, so each of the 256 codes (4 kv heads x 64 dims, subnormals included) shows as read.
+    values = finite_fp8_codes(cache_dtype).view(1, 1, 4, 64)
+    cache = torch.stack([values, values]).contiguous()  # [2, 1 block, 1 slot, 4 kv heads, 64]
+    query = torch.randn(1, 8, 64).to(dtype)
+    out = torch.empty_like(query)
+    one = torch.ones(1, dtype=torch.int32)
+    v_scale = 0.37 if dtype == torch.float32 else 1.0  # a bf16 output rounds a scaled value
+    cpu_attention.paged_decode_attention(query, cache, torch.zeros(1, 1, dtype=torch.int32), one,
+                                         torch.zeros(1, dtype=torch.int64), out, 0.125, None, 1.7, v_scale)
+    expected = (values.float() * v_scale).repeat_interleave(2, dim=2)[0, 0]  # 2 query heads per kv head
+    assert torch.equal(out[0].float(), expected.to(dtype).float())
+
+
+@pytest.mark.parametrize("fp8_path", PATHS, indirect=True)
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_cache_matches_the_reference(fp8_path, cache_dtype, dtype):
+    # Random bytes cover every exponent (subnormals, the largest values); head_dim 64/128 with up
+    # to 8 query heads per kv head take the AVX512-BF16 path for a bf16 query, 80 and 36 the
+    # generic one with a conversion tail. Scales are not 1: the kernel folds them in.
+    k_scale, v_scale = (0.02, 0.05) if cache_dtype == torch.float8_e4m3fn else (2e-4, 5e-4)
+    for case in range(4):
+        rng = random.Random(case)
+        heads, kv_heads = [(9, 3), (16, 2), (8, 8), (12, 1)][case]
+        head_dim = [64, 128, 80, 36][case]
+        block_size, window = rng.choice([8, 16]), [None, 30, None, 5][case]
+        gen = torch.Generator().manual_seed(case)
+        seq_lens = torch.tensor([1, 16, 17, rng.randint(40, 130)], dtype=torch.int32)
+        max_blocks = (int(seq_lens.max()) + block_size - 1) // block_size
+        num_blocks = len(seq_lens) * max_blocks
+        codes = finite_fp8_codes(cache_dtype).view(torch.uint8)
+        picks = torch.randint(0, 256, (2, num_blocks, block_size, kv_heads, head_dim), generator=gen)
+        cache = codes[picks].view(cache_dtype)
+        tables = torch.randperm(num_blocks, generator=gen).view(len(seq_lens), max_blocks).int()
+        query = torch.randn(len(seq_lens), heads, head_dim, generator=gen).to(dtype)
+        out = torch.empty_like(query)
+        rows = torch.arange(len(seq_lens))
+        cpu_attention.paged_decode_attention(query, cache, tables, seq_lens, rows, out, head_dim**-0.5, window,
+                                             k_scale, v_scale)
+        starts = torch.arange(len(seq_lens) + 1, dtype=torch.int32)
+        expected = paged_attention_ref(query, cache, starts, seq_lens, tables, head_dim**-0.5, window, k_scale, v_scale)
+        tolerance = 2e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_scales_are_refused_for_a_cache_that_is_not_fp8():
+    cache, query = torch.zeros(2, 4, 16, 2, 64), torch.zeros(1, 4, 64)
+    args = (torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="fp8 cache only"):
+        cpu_attention.paged_decode_attention(query, cache, *args, query.clone(), 1.0, None, 0.5, 1.0)
+    with pytest.raises(ValueError, match="dtype or fp8"):
+        cpu_attention.paged_decode_attention(query, cache.to(torch.float16), *args, query.clone(), 1.0)

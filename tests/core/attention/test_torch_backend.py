@@ -8,9 +8,10 @@ import random
 import pytest
 import torch
 
+from fw.core.attention.kv_quant import KVScales
 from fw.core.attention.torch_backend import DECODE_GROUP, TorchAttentionBackend
 from fw.core.forward_context import AttentionMetadata
-from fw.kernels.reference import paged_attention_ref, write_kv_ref
+from fw.kernels.reference import paged_attention_ref, quantize_fp8_ref, write_kv_ref
 from fw.plugins.platforms.cpu_attention import CpuAttentionBackend
 
 
@@ -73,5 +74,36 @@ def test_matches_the_reference(case, backend_class):
     expected = paged_attention_ref(q, expected_cache, metadata.query_start_loc, metadata.seq_lens,
                                    metadata.block_tables, 0.3, window)
     assert torch.equal(ours, expected_cache)
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("backend_class", [CpuAttentionBackend, TorchAttentionBackend], ids=["c-kernel", "sdpa"])
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("case", range(6))
+def test_fp8_cache_matches_the_reference(case, cache_dtype, backend_class):
+    """Writes store the reference's bytes (quantized with the layer's scales); every path (decodes,
+    chunks over a cached prefix, fresh prefills) reads what was stored, times the scales."""
+    rng = random.Random(100 + case)
+    heads, kv_heads, head_dim = rng.choice([(4, 2, 16), (9, 3, 64), (8, 1, 16), (16, 2, 128)])
+    dtype = torch.float32 if case % 2 else torch.bfloat16
+    q, k, v, cache, metadata = random_batch(rng, heads, kv_heads, head_dim, rng.choice([4, 16]),
+                                            rng.choice([5, DECODE_GROUP + 7]), torch.float32)
+    scales = KVScales(k=rng.choice([0.01, 0.3]), v=rng.choice([0.02, 0.7]))
+    # The cached prefix as a writer stored it; the 1e4 filler saturates, still visible if attended.
+    cache = torch.stack([quantize_fp8_ref(cache[0], scales.k, cache_dtype),
+                         quantize_fp8_ref(cache[1], scales.v, cache_dtype)])
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    backend = backend_class()
+    if backend_class is CpuAttentionBackend and not backend.decode_kernel:
+        pytest.skip("no C compiler to build the CPU decode kernel")
+    window = rng.choice([None, 9])
+    ours = cache.clone()
+    out = backend.forward(q, k, v, ours, metadata, 0.3, window, kv_scales=scales)
+    expected_cache = cache.clone()
+    write_kv_ref(k, v, expected_cache, metadata.slot_mapping, scales.k, scales.v)
+    expected = paged_attention_ref(q, expected_cache, metadata.query_start_loc, metadata.seq_lens,
+                                   metadata.block_tables, 0.3, window, scales.k, scales.v)
+    assert torch.equal(ours.view(torch.uint8), expected_cache.view(torch.uint8))
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
