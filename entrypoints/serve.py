@@ -52,17 +52,27 @@ def describe_engine(info: EngineInfo, config: EngineConfig, served_names: tuple[
         ("max model len", str(info.max_model_len)),
         ("kv cache", f"{info.num_kv_blocks} blocks of {info.block_size} tokens"),
         ("quantization", info.quantization or "none"),
+        *_weights_row(info),
         ("tokenizer", f"{type(info.tokenizer).__name__}, {len(info.tokenizer)} tokens"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows) + "\n"
 
 
+def _weights_row(info: EngineInfo) -> list[tuple[str, str]]:
+    """The weights' resident size against the same parameters in bfloat16 (quantized: ~0.27x for 4-bit)."""
+    if not info.weight_bytes or not info.num_params:
+        return []
+    ratio = info.weight_bytes / (2 * info.num_params)
+    return [("weights", f"{info.weight_bytes / 1e6:.1f} MB in memory ({ratio:.2f}x of bf16)")]
+
+
 def _stored_format(stored, hf_config) -> str:
     if stored is not None:
         return str(stored).removeprefix("torch.")
     file_type = getattr(hf_config, "gguf_file_type", None)
-    return f"GGUF {file_type} (dequantized at load)" if file_type else "unknown"
+    packed = (getattr(hf_config, "quantization_config", None) or {}).get("quant_method") == "gguf"
+    return f"GGUF {file_type} ({'packed' if packed else 'dequantized at load'})" if file_type else "unknown"
 
 
 def check_frontend_files(frontend: FrontendConfig) -> None:

@@ -39,7 +39,7 @@ class EngineInfo:
     device: torch.device
     dtype: torch.dtype
     quantization: str | None
-    #: Counted before the platform prepared the model (packing may free weights).
+    #: As the architecture counts them: a quantized layer's ``in x out`` weights, however packed.
     num_params: int
     num_tensors: int
     load_seconds: float
@@ -52,6 +52,9 @@ class EngineInfo:
     #: The most sequences one request may ask for, all its prompts times n (``--max-num-seqs``):
     #: more could never run in one step. A server refuses a bigger request with a 400.
     max_sequences_per_request: int
+    #: Bytes the weights take in memory once loaded and processed (quantized codes and scales,
+    #: repacked copies); None where the engine did not measure it.
+    weight_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class LLMEngine:
             dtype=loaded.dtype,
             quantization=loaded.quantization,
             num_params=loaded.num_params,
+            weight_bytes=loaded.weight_bytes,
             num_tensors=sum(1 for _ in loaded.model.parameters()),
             load_seconds=loaded.load_seconds,
             max_model_len=self.max_model_len,

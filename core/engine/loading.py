@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fw.core.attention.kv_quant import kv_cache_dtype, log_kv_cache_dtype
 from fw.core.config.base import ConfigError
 from fw.core.config.engine import EngineConfig
 from fw.core.errors import FwError
@@ -44,6 +45,8 @@ class LoadedModel:
     quantization: str | None
     load_seconds: float
     num_params: int  # counted before the layers processed their weights (packing may free some)
+    #: Bytes the weights take in memory once processed (packed codes, scales, repacked copies).
+    weight_bytes: int | None = None
 
 
 def checkpoint_dtype(hf_config: Any) -> torch.dtype | None:
@@ -89,27 +92,90 @@ def checkpoint_quant_config(hf_config: Any) -> dict[str, Any]:
     return dict(quant_config) if isinstance(quant_config, dict) else quant_config.to_dict()
 
 
-def choose_quantization(config: EngineConfig, hf_config: Any, plugins: Plugins,
-                        dtype: torch.dtype) -> QuantizationMethod | None:
-    """The quantization method, built from the checkpoint's config: ``--quantization`` or the
-    checkpoint's own; a plugin must provide it, for the model's dtype."""
+def choose_quantization(config: EngineConfig, hf_config: Any, plugins: Plugins, dtype: torch.dtype,
+                        platform: Platform | None = None) -> tuple[QuantizationMethod | None, torch.dtype]:
+    """The quantization method, built from the checkpoint's config (``--quantization`` or the
+    checkpoint's own; a plugin must provide it), and the dtype the model computes in with it.
+
+    Names resolve through the registry, where a method is registered under its name and its
+    aliases (vLLM's ``awq_marlin`` reads ``awq`` checkpoints); ``--quantization`` must name the
+    checkpoint's method or an alias of it.
+    """
     quant_config = checkpoint_quant_config(hf_config)
-    in_checkpoint = quant_config.get("quant_method")
+    in_checkpoint = str(quant_config["quant_method"]) if quant_config.get("quant_method") else None
     requested = config.model.quantization
-    if requested and in_checkpoint and str(in_checkpoint) != requested:
+    methods = plugins.quantization_methods
+    if in_checkpoint is not None and in_checkpoint not in methods:
+        available = ", ".join(sorted(methods.names())) or "none"
+        broken = ", ".join(p.describe() for p in methods.broken_plugins)
+        raise FwError(f"the checkpoint is quantized with '{in_checkpoint}' (quantization_config.quant_method), which "
+                      f"no installed plugin provides; installed quantization methods: {available}. Install a plugin "
+                      "package that provides it (`fw plugins list` shows what is loaded)"
+                      + (f"; these plugins failed to load and may provide it: {broken}" if broken else ""))
+    if requested and in_checkpoint and methods.get(requested) is not methods.get(in_checkpoint):
         raise ConfigError(f"--quantization {requested} was given, but the checkpoint is quantized with {in_checkpoint}")
-    name = requested or (str(in_checkpoint) if in_checkpoint else None)
+    name = requested or in_checkpoint
     if name is None:
-        return None
-    method_cls = plugins.quantization_methods.get(name)  # raises, listing the available methods
+        return None, dtype
+    method_cls = methods.get(name)  # raises, listing the available methods
+    if name != method_cls.name:
+        logger.info("quantization %s: fw's %s method reads these checkpoints (%s is another name for the same "
+                    "format)", name, method_cls.name, name)
+    if platform is not None:
+        chosen, dtype = dtype, method_cls.act_dtype(dtype, platform)
+        if dtype != chosen:
+            logger.info("quantization %s on the %s platform computes in %s, not %s (%s)", method_cls.name,
+                        platform.name, str(dtype).removeprefix("torch."), str(chosen).removeprefix("torch."),
+                        "its kernels there are fast in this dtype only")
     if dtype not in method_cls.supported_act_dtypes():
         supported = ", ".join(str(d).removeprefix("torch.") for d in method_cls.supported_act_dtypes())
         raise FwError(f"quantization {name} computes in {supported}, not {str(dtype).removeprefix('torch.')}; "
                       "give --dtype with one of them")
     try:
-        return method_cls.from_config(quant_config)
+        return method_cls.from_config(quant_config), dtype
     except ValueError as exc:
         raise FwError(f"quantization {name}: {exc}") from None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """The model's parameter count as the checkpoint's architecture has it: a linear layer counts
+    its ``in x out`` weights however a quantization stores them (int4 codes pack 8 in an int32),
+    and a tied LM head is the embedding's, counted once."""
+    from fw.core.layers.linear import LinearBase
+
+    total, seen = 0, set()
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        if isinstance(module, LinearBase) and not module.weight_shared:
+            own = [module.bias] if module.bias is not None and id(module.bias) not in seen else []
+            total += module.input_size * sum(module.output_sizes)
+        seen.update(id(p) for p in own)
+        total += sum(p.numel() for p in own)
+    return total
+
+
+def resident_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights in memory after processing: every parameter and buffer, and the
+    tensors layers keep as attributes (oneDNN-packed copies), each storage once. The rotary
+    tables are not weights."""
+    from fw.core.layers.rotary import RotaryEmbedding
+
+    counted, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            continue
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False),
+                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        for tensor in tensors:
+            if tensor.is_mkldnn:  # opaque: no storage to look at; its values in its dtype
+                key, size = id(tensor), tensor.numel() * tensor.element_size()
+            else:
+                storage = tensor.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+            if key not in counted:
+                counted.add(key)
+                total += size
+    return total
 
 
 def generation_defaults(config: EngineConfig, model_path: Path, hf_config: Any) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -179,7 +245,7 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     model_cls = select_architecture(plugins, hf_config)
     max_model_len = derive_max_model_len(config, hf_config)
     dtype = choose_dtype(config, platform, hf_config)
-    quantization = choose_quantization(config, hf_config, plugins, dtype)
+    quantization, dtype = choose_quantization(config, hf_config, plugins, dtype, platform)
     device = platform.torch_device()
     torch.manual_seed(model_config.seed)
 
@@ -195,23 +261,31 @@ def load_model(config: EngineConfig, plugins: Plugins) -> LoadedModel:
     # Loaders show their own progress bars; the model raises if a weight is missing or misshapen.
     model.load_weights(loader.iter_weights(resolved.path, hf_config))
     model.eval()
-    num_params = sum(p.numel() for p in model.parameters())
+    num_params = count_parameters(model)
     process_weights_after_loading(model)
     seconds = time.perf_counter() - start
     logger.info("Loaded %s (%s, %.1fM parameters, %s on %s) in %.1f s", resolved.served_name, model_cls.__name__,
                 num_params / 1e6, str(dtype).removeprefix("torch."), platform.name, seconds)
     defaults, eos_ids = generation_defaults(config, resolved.path if resolved.path.is_dir() else resolved.path.parent,
                                             hf_config)
+    weight_bytes = resident_weight_bytes(model)
+    if quantization is not None:
+        logger.info("Weights: %.1f MB in memory (%.2fx of bfloat16) with quantization %s", weight_bytes / 1e6,
+                    weight_bytes / (2 * num_params), quantization.name)
     return LoadedModel(resolved, hf_config, tokenizer, model, platform, device, dtype, max_model_len, defaults,
-                       eos_ids, loader.name, quantization.name if quantization else None, seconds, num_params)
+                       eos_ids, loader.name, quantization.name if quantization else None, seconds, num_params,
+                       weight_bytes)
 
 
 def kv_cache_spec(config: EngineConfig, loaded: LoadedModel) -> KVCacheSpec:
     cfg = text_config(loaded.hf_config)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    # The cache is stored in the model's dtype: EngineConfig refuses other --kv-cache-dtype values.
-    return KVCacheSpec(cfg.num_hidden_layers, num_kv_heads, head_dim, config.cache.block_size, loaded.dtype)
+    # The model's dtype, or fp8 (refused in one line where torch or the platform cannot run it).
+    dtype = kv_cache_dtype(config.cache.kv_cache_dtype, loaded.dtype, loaded.platform)
+    log_kv_cache_dtype(loaded.model, dtype, config.cache.calculate_kv_scales)
+    return KVCacheSpec(cfg.num_hidden_layers, num_kv_heads, head_dim, config.cache.block_size, dtype,
+                       calculate_scales=config.cache.calculate_kv_scales)
 
 
 def num_kv_blocks(config: EngineConfig, loaded: LoadedModel, spec: KVCacheSpec, profile_peak_bytes: int | None) -> int:

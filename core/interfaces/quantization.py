@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from fw.core.interfaces.linear import LinearMethod
+
+if TYPE_CHECKING:
+    from fw.core.interfaces.platform import Platform
 
 
 class QuantizationMethod(ABC):
@@ -24,6 +27,10 @@ class QuantizationMethod(ABC):
 
     #: The ``--quantization`` value.
     name: ClassVar[str]
+    #: Other names of the same checkpoint format, which ``--quantization`` and
+    #: ``quant_method`` also accept (with a log line): vLLM's names for a kernel choice on
+    #: the same checkpoints (``awq_marlin``). The plugin registers the class under each.
+    aliases: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod
@@ -38,6 +45,17 @@ class QuantizationMethod(ABC):
     def supported_act_dtypes(cls) -> list[torch.dtype]:
         """Activation dtypes the linear methods compute in; the engine refuses other ``--dtype`` values."""
         return [torch.float16, torch.bfloat16]
+
+    @classmethod
+    def act_dtype(cls, dtype: torch.dtype, platform: Platform) -> torch.dtype:
+        """The dtype the model computes in on ``platform`` when ``dtype`` was chosen (by
+        ``--dtype`` or the platform).
+
+        ``dtype`` itself by default. A method whose kernels on that platform cannot compute
+        in ``dtype`` at a useful speed returns the one they use instead (fw's int methods on
+        a CPU compute float16 models in bfloat16 or float32); the engine logs the change.
+        """
+        return dtype
 
     @abstractmethod
     def get_linear_method(self, prefix: str) -> LinearMethod | None:

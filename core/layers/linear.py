@@ -17,7 +17,7 @@ from torch import nn
 
 from fw.core.distributed import divide, tensor_parallel_rank, tensor_parallel_size
 from fw.core.layers.build import current_build_context
-from fw.core.layers.weights import copy_shard, set_weight_attrs
+from fw.core.layers.weights import copy_shard, packed_size, part_slice, set_weight_attrs
 
 #: A LoRA adapter's hook on one layer: ``(x, base_output) -> base_output + delta``.
 LoRAHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,7 +78,8 @@ class ColumnParallelLinear(LinearBase):
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
                       shard_id: str | int | None = None) -> None:
-        copy_shard(param.data, loaded_weight, param.output_dim, self.tp_rank, self.tp_size)
+        dest, loaded_weight = part_slice(param, loaded_weight, 0)
+        copy_shard(dest, loaded_weight, param.output_dim, self.tp_rank, self.tp_size)
 
 
 class MergedColumnParallelLinear(LinearBase):
@@ -99,7 +100,14 @@ class MergedColumnParallelLinear(LinearBase):
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: str | int) -> None:
         index, dim = self.part_index(shard_id), param.output_dim
-        dest = param.data.narrow(dim, sum(self.output_sizes[:index]), self.output_sizes[index])
+        if getattr(param, "per_part", False):  # the part's own entry (a per-tensor scale, a g_idx)
+            dest, loaded_weight = part_slice(param, loaded_weight, index)
+            copy_shard(dest, loaded_weight, dim, self.tp_rank, self.tp_size)
+            return
+        # Along a packed dimension (int4 codes in an int32, block scales) parts start at
+        # their packed offsets: sizes divided by the pack factor.
+        sizes = [packed_size(param, dim, size) for size in self.output_sizes]
+        dest = param.data.narrow(dim, sum(sizes[:index]), sizes[index])
         copy_shard(dest, loaded_weight, dim, self.tp_rank, self.tp_size)
 
 
@@ -127,7 +135,10 @@ class RowParallelLinear(LinearBase):
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
                       shard_id: str | int | None = None) -> None:
-        copy_shard(param.data, loaded_weight, param.input_dim, self.tp_rank, self.tp_size)
+        # A packed or grouped input dimension (GPTQ's qweight [in / 8, out], scales [in / group,
+        # out]) is cut the same way: the parameter already holds this rank's share of it.
+        dest, loaded_weight = part_slice(param, loaded_weight, 0)
+        copy_shard(dest, loaded_weight, param.input_dim, self.tp_rank, self.tp_size)
 
 
 def process_weights_after_loading(model: nn.Module) -> None:

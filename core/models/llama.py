@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
+from fw.core.attention.kv_quant import KVScales, load_kv_scale
 from fw.core.distributed import divide, tensor_parallel_size
 from fw.core.errors import ModelLoadError
 from fw.core.forward_context import get_forward_context
@@ -96,6 +97,8 @@ class Attention(nn.Module):
         self.o_proj = RowParallelLinear(total_num_heads * self.head_dim, config.hidden_size, bias=options.o_bias,
                                         prefix=f"{prefix}.o_proj")
         self.ops = current_build_context().ops
+        # The fp8 KV cache's scales: the checkpoint's k_scale/v_scale (load_weights), else 1.0.
+        self.kv_scales = KVScales()
         if options.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -113,8 +116,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.rotary_neox(q, k, cos, sin)
         ctx = get_forward_context()
+        kv_cache = ctx.kv_caches[self.layer_idx]
+        if ctx.calculate_kv_scales:
+            self.kv_scales.calculate(k, v, kv_cache.dtype)
         out = ctx.backend.forward(
-            q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale, self.sliding_window
+            q, k, v, kv_cache, ctx.metadata, self.scale, self.sliding_window, kv_scales=self.kv_scales
         )  # [T, H, D]
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
@@ -211,6 +217,9 @@ class LlamaForCausalLM(CausalLM):
         for name, tensor in weights:
             if name.endswith(IGNORED_SUFFIXES):
                 continue
+            if load_kv_scale(self, name, tensor):  # an fp8 KV-cache scale (k_scale, v_scale, ...)
+                loaded.add(name)
+                continue
             target, shard_id = self._param_for(name)
             param = params.get(target)
             if param is None:
@@ -245,7 +254,9 @@ class LlamaForCausalLM(CausalLM):
         for hf_module, (fused, shard_id) in STACKED_PARAMS.items():
             parts_of.setdefault(fused, []).append((hf_module, shard_id))
         missing = []
-        for name in params:
+        for name, param in params.items():
+            if getattr(param, "optional", False):  # e.g. GPTQ's g_idx without act-order
+                continue
             module_path, _, kind = name.rpartition(".")
             parent, _, module_name = module_path.rpartition(".")
             if module_name not in parts_of:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 V = GGUFValueType
@@ -39,6 +40,26 @@ class GGUFTensorInfo:
     tensor_type: GGMLQuantizationType
     offset: int  # from the start of the file
     num_bytes: int
+
+
+class GGUFQuantizedTensor(torch.Tensor):
+    """A quantized GGUF tensor kept packed: ``uint8 [rows, row_bytes]``, each row whole blocks
+    of ``ggml_type`` holding the ``logical_shape[-1]`` values of one row.
+
+    What the gguf loader yields for a block-quantized tensor when the checkpoint runs with
+    the ``gguf`` quantization method (``quantization_config.quant_method``), so that the
+    usual ``(name, tensor)`` pairs carry it to the method's weight loaders unchanged. Make
+    one with :meth:`wrap`; ``as_subclass(torch.Tensor)`` gives the plain bytes back.
+    """
+
+    ggml_type: GGMLQuantizationType
+    logical_shape: tuple[int, ...]
+
+    @staticmethod
+    def wrap(rows: torch.Tensor, ggml_type: GGMLQuantizationType, logical_shape: tuple[int, ...]) -> GGUFQuantizedTensor:
+        tensor = rows.as_subclass(GGUFQuantizedTensor)
+        tensor.ggml_type, tensor.logical_shape = ggml_type, tuple(logical_shape)
+        return tensor
 
 
 class GGUFFile:

@@ -6,16 +6,24 @@ tokenizer and the weights). The config and tokenizer are what transformers makes
 GGUF metadata (``AutoConfig`` / ``AutoTokenizer`` with ``gguf_file=``), built from the
 parsed header where that gives the same result (see gguf_transformers.py), so the
 architectures transformers reads from GGUF are the ones supported here (llama, mistral,
-qwen2, qwen3...). Tensors are memory-mapped, renamed to Hugging Face parameter names, and
-dequantized at load with torch (gguf_dequant.py) to float32 (F16 stays float16, BF16
-stays bfloat16). llama.cpp permutes the rows of the Q and K projections of
-llama-architecture models (its rotary embedding pairs adjacent elements, Hugging Face's
-pairs the two halves of a head); that permutation is undone.
+qwen2, qwen3...). Tensors are memory-mapped and renamed to Hugging Face parameter names.
+
+Quantized weights stay packed: the config names the ``gguf`` quantization method
+(``quantization_config = {"quant_method": "gguf"}``), which the engine then selects, and
+block-quantized 2-D tensors are yielded as :class:`GGUFQuantizedTensor` (their stored
+bytes and GGML type) for that method's CPU kernels (fw.plugins.quantization.gguf). With
+``FW_GGUF_PACKED=0`` the config names no quantization and every tensor is dequantized at
+load with numpy (gguf_dequant.py) to float32, as before the packed kernels existed (F16
+stays float16, BF16 stays bfloat16): the reference the packed path is tested against.
+llama.cpp permutes the rows of the Q and K projections of llama-architecture models (its
+rotary embedding pairs adjacent elements, Hugging Face's pairs the two halves of a head);
+that permutation is undone, on the packed rows as on the values (rows are whole blocks).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, TypeVar
@@ -30,7 +38,7 @@ from fw.core.hookspecs import hookimpl
 from fw.core.interfaces import WeightLoader
 from fw.plugins.loaders.dummy_loader import meta_causal_lm
 from fw.plugins.loaders.gguf_dequant import PLAIN_DTYPES, dequantize
-from fw.plugins.loaders.gguf_file import GGUFFile, GGUFTensorInfo, read_gguf_file
+from fw.plugins.loaders.gguf_file import GGUFFile, GGUFQuantizedTensor, GGUFTensorInfo, read_gguf_file
 from fw.plugins.loaders.gguf_transformers import auto_tokenizer_class, config_from_dict, gguf_config_dict
 
 if TYPE_CHECKING:
@@ -51,6 +59,19 @@ PERMUTED_ARCHITECTURES = frozenset({"llama"})
 # Tensors llama.cpp derives from the config (rope scaling factors); the Hugging Face
 # model computes them itself.
 DERIVED_TENSORS = frozenset({"rope_freqs.weight"})
+#: The quantization method that computes on packed GGUF weights (plugins/quantization/gguf.py).
+PACKED_QUANT_METHOD = "gguf"
+
+
+def packed_by_default() -> bool:
+    """Whether GGUF weights stay packed (``FW_GGUF_PACKED=0`` dequantizes them at load instead)."""
+    return os.environ.get("FW_GGUF_PACKED", "1") != "0"
+
+
+def runs_packed(hf_config: PretrainedConfig) -> bool:
+    """Whether the config is one :meth:`GGUFLoader.load_hf_config` made to run packed."""
+    quant_config = getattr(hf_config, "quantization_config", None)
+    return isinstance(quant_config, dict) and quant_config.get("quant_method") == PACKED_QUANT_METHOD
 
 
 def find_gguf_file(model_path: Path) -> Path | None:
@@ -125,6 +146,15 @@ def undo_rotary_permutation(weight: ArrayT, num_heads: int) -> ArrayT:
     return weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
+def packed_tensor(gguf: GGUFFile, tensor: GGUFTensorInfo, num_heads: int | None = None) -> GGUFQuantizedTensor:
+    """The tensor's stored blocks as ``[rows, row_bytes]`` (a view of the file unless the rows are
+    permuted back, which copies them); ``num_heads`` undoes the rotary permutation."""
+    rows = gguf.tensor_bytes(tensor).reshape(tensor.shape[0], -1)
+    if num_heads is not None:
+        rows = np.ascontiguousarray(undo_rotary_permutation(rows, num_heads))
+    return GGUFQuantizedTensor.wrap(torch.from_numpy(rows), tensor.tensor_type, tensor.shape)
+
+
 def dequantize_tensor(gguf: GGUFFile, tensor: GGUFTensorInfo, num_heads: int | None = None) -> torch.Tensor:
     """The tensor's values in a new tensor, in Hugging Face layout; ``num_heads`` undoes the rotary permutation."""
     data = gguf.tensor_bytes(tensor)
@@ -139,17 +169,20 @@ def dequantize_tensor(gguf: GGUFFile, tensor: GGUFTensorInfo, num_heads: int | N
 
 
 class GGUFLoader(WeightLoader):
-    """Reads llama.cpp GGUF files: metadata as transformers reads it, tensors dequantized at load."""
+    """Reads llama.cpp GGUF files: metadata as transformers reads it, quantized tensors packed."""
 
     name = "gguf"
     # Below safetensors and pt: a Hugging Face directory that also carries a .gguf is
     # read from its native weights.
     auto_priority = 30
 
-    def __init__(self) -> None:
+    def __init__(self, packed: bool | None = None) -> None:
         # The last file parsed, keyed by (path, mtime, size): the engine asks one loader for
         # the config, the tokenizer and the weights, and the header is read once for all three.
         self._parsed: tuple[tuple[Path, int, int], GGUFFile] | None = None
+        #: Whether quantized tensors stay packed (None: unless FW_GGUF_PACKED=0); False is the
+        #: dequantize-at-load reference path.
+        self.packed = packed
 
     def can_load(self, model_path: Path) -> bool:
         return find_gguf_file(model_path) is not None
@@ -182,6 +215,9 @@ class GGUFLoader(WeightLoader):
         file_type = gguf_file_type(gguf.metadata)
         if file_type is not None:  # how the weights were stored, for fw serve's summary
             config.gguf_file_type = file_type
+        if self.packed if self.packed is not None else packed_by_default():
+            # The engine selects the method that computes on packed weights (plugins/quantization/gguf.py).
+            config.quantization_config = {"quant_method": PACKED_QUANT_METHOD}
         # GGUF metadata names no `architectures`; fw picks the model class from it.
         if not getattr(config, "architectures", None):
             class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
@@ -222,10 +258,15 @@ class GGUFLoader(WeightLoader):
                     f"which fw cannot dequantize (supported: {supported})"
                 )
         permuted = gguf.architecture in PERMUTED_ARCHITECTURES
+        packed = runs_packed(hf_config)
         heads = {"attn_q": hf_config.num_attention_heads, "attn_k": hf_config.num_key_value_heads}
         for tensor in tqdm(tensors, desc="Loading GGUF tensors", unit="tensor", file=sys.stderr):
             kind = tensor.name.split(".")[-2]  # blk.N.<kind>.weight
-            yield names[tensor.name], dequantize_tensor(gguf, tensor, heads.get(kind) if permuted else None)
+            num_heads = heads.get(kind) if permuted else None
+            if packed and tensor.tensor_type not in PLAIN_DTYPES and len(tensor.shape) == 2:
+                yield names[tensor.name], packed_tensor(gguf, tensor, num_heads)
+            else:
+                yield names[tensor.name], dequantize_tensor(gguf, tensor, num_heads)
 
 
 @hookimpl

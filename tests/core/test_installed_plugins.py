@@ -65,6 +65,11 @@ def test_example_plugin_shows_in_plugins_list(example_plugin_installed):
     line = next(line for line in table.splitlines() if line.split() and line.split()[0] == "example")
     assert "fw-example-plugin" in line and "loaded" in line
 
+    quantizer = plugin_records(example_plugin_installed)["example-int8"]  # its own entry point
+    assert quantizer["distribution"] == "fw-example-plugin" and quantizer["status"] == "loaded"
+    assert quantizer["provides"] == ["quantization: example-int8"]
+    assert quantizer["hooks"] == ["fw_register_quantization_methods"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -106,6 +111,43 @@ def test_example_plugin_is_selected_by_name(example_plugin_installed, tmp_path):
                       check=False)
     assert rejected.returncode != 0
     assert "example-think" in rejected.stderr  # the error lists what is available
+
+
+def test_example_quantizer_is_selected_by_name_and_serves(example_plugin_installed, tmp_path):
+    # --quantization example-int8 is a valid choice only with the plugin installed; the server
+    # quantizes the unquantized example checkpoint at load and answers a completion.
+    import requests
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [*FW, "serve", "example://tiny-llama", "--quantization", "example-int8", "--host", "127.0.0.1",
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **example_plugin_installed, "FW_CACHE_DIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        response = requests.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60, json={
+            "model": "example/tiny-llama", "prompt": "the quick", "max_tokens": 5, "temperature": 0})
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 5
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "quantization:" in text and "example-int8" in text  # the start-up summary names it
+
+    rejected = run_fw("serve", "example://tiny-llama", "--quantization", "example-int8", check=False)
+    assert rejected.returncode != 0 and "example-int8" in rejected.stderr  # not installed: not a choice
 
 
 def test_example_plugin_can_be_blocked_or_left_out(example_plugin_installed):

@@ -77,13 +77,13 @@ def test_asking_for_a_missing_name_lists_available_and_names_broken_plugins():
 
     plugins = load_plugins(env={}, extra=[
         ("good", plugin(fw_register_reasoning_parsers=register_toy)),
-        ("awqplug", plugin(fw_register_quantization_methods=fails)),
+        ("hqqplug", plugin(fw_register_quantization_methods=fails)),
     ])
     with pytest.raises(PluginError) as excinfo:
-        plugins.quantization_methods.get("awq")
+        plugins.quantization_methods.get("hqq")  # a method no built-in plugin provides
     message = str(excinfo.value)
-    assert "unknown quantization 'awq'" in message
-    assert "awqplug" in message and "failed to load" in message
+    assert "unknown quantization 'hqq'" in message
+    assert "hqqplug" in message and "failed to load" in message
     with pytest.raises(PluginError, match="available: toy"):
         plugins.reasoning_parsers.get("nope")
 

@@ -67,8 +67,9 @@ def test_prompt_logprobs_match_transformers(tiny_checkpoint, hf_reference, make_
 
 
 @pytest.mark.slow
-def test_embedded_default_model_matches_transformers_on_the_same_gguf(greedy_reference):
-    """The real SmolLM2-135M-Instruct GGUF: fw's greedy ids equal transformers' (float32)."""
+def test_embedded_default_model_matches_transformers_on_the_same_gguf(greedy_reference, monkeypatch):
+    """The real SmolLM2-135M-Instruct GGUF: fw's greedy ids equal transformers' (float32), both
+    on the weights dequantized at load (packed vs dequantized: tests/core/models/test_default_model.py)."""
     import functools
     from unittest import mock
 
@@ -80,6 +81,7 @@ def test_embedded_default_model_matches_transformers_on_the_same_gguf(greedy_ref
     from fw.plugins.loaders.default_model import ensure_default_model
 
     path = ensure_default_model()
+    monkeypatch.setenv("FW_GGUF_PACKED", "0")
     llm = LLM(dtype="float32", kv_cache_memory_bytes=2**28, max_model_len=2048)
     tokenizer = llm.get_tokenizer()
     # transformers rebuilds the same gguf tensor-name map for every submodule (most of its

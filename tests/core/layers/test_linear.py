@@ -130,3 +130,70 @@ def test_each_rank_takes_its_own_slice_of_every_part(rank_1_of_2):
 def test_sizes_that_do_not_split_over_the_ranks_are_refused(rank_1_of_2):
     with pytest.raises(ValueError, match="does not split evenly over 2"):
         ColumnParallelLinear(8, 7)
+
+
+# ---------------------------------------------------------------- packed and grouped parameters
+
+def quantized_layer(method_name: str, quant_config: dict, layer_cls, *args, prefix: str):
+    """A layer built with a built-in quantization method, as the engine builds it."""
+    from fw.core.layers.build import ModelBuildContext, building_model
+    from fw.core.layers.ops import TorchOps, UnquantizedLinearMethod
+    from fw.core.plugins import load_plugins
+
+    method = load_plugins(env={"FW_PLUGINS": ""}).quantization_methods.get(method_name).from_config(quant_config)
+    with building_model(ModelBuildContext(TorchOps(), UnquantizedLinearMethod(), method)):
+        return layer_cls(*args, prefix=prefix)
+
+
+AWQ = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True}
+GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True}
+FP8_BLOCK = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [16, 16]}
+FP8_TENSOR = {"quant_method": "fp8", "activation_scheme": "static"}
+
+
+def ints(*shape: int) -> torch.Tensor:
+    return torch.randint(-2**31, 2**31 - 1, shape, dtype=torch.int32)
+
+
+def test_packed_parts_start_at_their_packed_offsets():
+    # AWQ packs 8 outputs per int32 along the outputs: up's columns start at gate's 64 / 8.
+    merged = quantized_layer("awq", AWQ, MergedColumnParallelLinear, 64, [64, 32], prefix="mlp.gate_up_proj")
+    gate, up = ints(64, 8), ints(64, 4)
+    load(merged, "qweight", up, 1)
+    load(merged, "qweight", gate, 0)
+    assert torch.equal(merged.qweight, torch.cat([gate, up], dim=1))
+    # FP8 block scales: one row per 16 outputs; per-tensor scales: one entry per part.
+    qkv = quantized_layer("fp8", FP8_BLOCK, QKVParallelLinear, 32, 16, 2, 1, prefix="attn.qkv_proj")
+    scales = {name: torch.rand(rows, 2) for name, rows in (("q", 2), ("k", 1), ("v", 1))}
+    for name, scale in scales.items():
+        load(qkv, "weight_scale_inv", scale, name)
+    assert torch.equal(qkv.weight_scale_inv, torch.cat(list(scales.values())))
+    per_tensor = quantized_layer("fp8", FP8_TENSOR, QKVParallelLinear, 32, 16, 2, 1, prefix="attn.qkv_proj")
+    for index, name in enumerate("qkv"):
+        load(per_tensor, "weight_scale", torch.tensor(float(index + 1)), name)  # stored as a scalar
+        load(per_tensor, "input_scale", torch.tensor([0.5 * (index + 1)]), name)  # or as [1]
+    assert per_tensor.weight_scale.tolist() == [1.0, 2.0, 3.0] and per_tensor.input_scale.tolist() == [0.5, 1, 1.5]
+
+
+def test_each_rank_takes_its_slice_of_packed_and_grouped_parameters(rank_1_of_2):
+    merged = quantized_layer("awq", AWQ, MergedColumnParallelLinear, 64, [64, 64], prefix="mlp.gate_up_proj")
+    gate, up = ints(64, 8), ints(64, 8)  # whole checkpoint parts: 64 outputs, 8 packed columns
+    gate_scales, up_scales = torch.rand(2, 64), torch.rand(2, 64)
+    load(merged, "qweight", gate, 0)
+    load(merged, "qweight", up, 1)
+    load(merged, "scales", gate_scales, 0)
+    load(merged, "scales", up_scales, 1)
+    assert torch.equal(merged.qweight, torch.cat([gate[:, 4:], up[:, 4:]], dim=1))
+    assert torch.equal(merged.scales, torch.cat([gate_scales[:, 32:], up_scales[:, 32:]], dim=1))
+
+    # Row-parallel GPTQ: codes packed along the inputs, scales grouped along them, g_idx per input.
+    row = quantized_layer("gptq", GPTQ, RowParallelLinear, 128, 64, prefix="mlp.down_proj")
+    qweight, scales, g_idx = ints(16, 64), torch.rand(4, 64), torch.randperm(128).to(torch.int32) // 32
+    load(row, "qweight", qweight)
+    load(row, "scales", scales)
+    load(row, "g_idx", g_idx)
+    assert torch.equal(row.qweight, qweight[8:]) and torch.equal(row.scales, scales[2:])
+    assert torch.equal(row.g_idx[0], g_idx[64:])
+    with pytest.raises(WeightShapeError) as error:
+        load(row, "qweight", ints(8, 64))  # one rank's share, not the checkpoint's tensor
+    assert error.value.expected == (16, 64)

@@ -29,7 +29,7 @@ def default_gguf():
 
 @pytest.fixture(scope="module")
 def default_config(default_gguf):
-    return GGUFLoader().load_hf_config(default_gguf)
+    return GGUFLoader(packed=False).load_hf_config(default_gguf)  # tensors dequantized at load
 
 
 def test_config_comes_from_the_gguf_metadata(default_config):
@@ -51,7 +51,7 @@ def test_tokenizer_encodes_decodes_and_has_a_chat_template(default_gguf):
 
 
 def test_every_tensor_equals_what_transformers_loads(ckpt, default_gguf, default_config):
-    ours = {name: t.float() for name, t in GGUFLoader().iter_weights(default_gguf, default_config)}
+    ours = {name: t.float() for name, t in GGUFLoader(packed=False).iter_weights(default_gguf, default_config)}
     reference = ckpt.transformers_gguf_tensors(default_gguf, default_config)
 
     assert len(ours) == 272 and "lm_head.weight" not in ours  # 30 layers x 9 + embeddings + final norm

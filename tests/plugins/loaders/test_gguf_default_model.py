@@ -39,6 +39,7 @@ def test_config_and_tokenizer_equal_transformers_without_ggufs_reader(default_gg
     expected_config.architectures = ["LlamaForCausalLM"]  # what the loader adds
     assert config.gguf_file_type == "Q4_1"  # from general.file_type, shown by fw serve
     expected_config.gguf_file_type = "Q4_1"
+    expected_config.quantization_config = {"quant_method": "gguf"}  # the weights stay packed
     assert type(config) is type(expected_config) and vars(config) == vars(expected_config)
     expected = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     assert type(tokenizer) is type(expected)

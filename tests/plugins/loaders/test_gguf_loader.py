@@ -16,7 +16,7 @@ from fw.plugins.loaders.gguf_loader import SUPPORTED_TYPES, GGUFLoader, find_ggu
 
 
 def load(path):
-    loader = GGUFLoader()
+    loader = GGUFLoader(packed=False)  # every tensor dequantized at load (packed ones: test_gguf_packed.py)
     config = loader.load_hf_config(path)
     return config, dict(loader.iter_weights(path, config))
 
