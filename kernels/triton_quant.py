@@ -22,6 +22,9 @@ comes back in the activations' dtype. The grid is (row blocks, column blocks); a
   sum (``BLOCK_K`` divides the block's width). Activations are not quantized, whatever the
   checkpoint's ``input_scheme``: fw computes FP8 layers weight-only on every device.
 
+Under the interpreter (the tests on CPUs) bfloat16 tiles are widened to float32 for the dot
+(``_dot_options`` says why); compiled, they go to the tensor cores as bfloat16.
+
 Tile sizes are picked from the shapes, not measured on a GPU yet: ``BLOCK_M`` follows M up to
 64 and ``BLOCK_N`` is 32 for decode-sized M (more programs over N), 64 otherwise. Nothing splits K,
 so a decode of a narrow layer leaves part of a large GPU idle; split-K is the next step if
@@ -42,7 +45,7 @@ from fw.kernels.triton_cache import FP8_FORMATS, _fp8_to_float16, fp16_view_fact
 
 INT_BITS = (4, 8)
 FP8_STRATEGIES = ("tensor", "channel", "block")
-ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # tl.dot needs every dimension >= 16 on GPUs; smaller tiles are padded and masked.
 _MIN_DOT_DIM = 16
 _MAX_BLOCK_K = 64
@@ -170,8 +173,8 @@ def _dot_options(dtype: torch.dtype) -> dict:
     ``tl.dot`` multiplies bfloat16's raw uint16 storage, so there bfloat16 tiles are widened to
     float32 first: the same sums, as the products are exact in float32 either way."""
     if dtype == torch.float32 or (dtype == torch.bfloat16 and _INTERPRETED):
-        return dict(DOT_DTYPE=tl.float32, DOT_PRECISION="ieee")  # not TF32: results match the reference
-    return dict(DOT_DTYPE=tl.float16 if dtype == torch.float16 else tl.bfloat16, DOT_PRECISION=None)
+        return {"DOT_DTYPE": tl.float32, "DOT_PRECISION": "ieee"}  # not TF32: results match the reference
+    return {"DOT_DTYPE": tl.float16 if dtype == torch.float16 else tl.bfloat16, "DOT_PRECISION": None}
 
 
 def _block_k(width: int) -> int:
@@ -181,18 +184,20 @@ def _block_k(width: int) -> int:
 
 
 def _block_mn(num_rows: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for ``num_rows`` rows of x (see the module docstring)."""
     block_m = min(64, max(_MIN_DOT_DIM, triton.next_power_of_2(num_rows)))
     return block_m, 32 if num_rows <= _MIN_DOT_DIM else 64
 
 
 def supports_int(bits: int, group_size: int) -> bool:
-    """Whether ``int_matmul`` takes this layout: a K tile of at least 16 inputs must fit in a group."""
+    """Whether ``int_matmul`` takes this layout: the group size must be a multiple of 16 (a K tile
+    of at least 16 inputs divides it)."""
     return bits in INT_BITS and group_size > 0 and _block_k(group_size) >= _MIN_DOT_DIM
 
 
 def supports_fp8(strategy: str, block_size: tuple[int, int] | None) -> bool:
-    """Whether ``fp8_matmul`` takes this layout: block scales need blocks at least 16 inputs wide
-    whose width a K tile of at least 16 divides."""
+    """Whether ``fp8_matmul`` takes this layout: block scales need a block width that is a multiple
+    of 16 (a K tile of at least 16 inputs divides it)."""
     if strategy != "block":
         return strategy in FP8_STRATEGIES
     return block_size is not None and min(block_size) > 0 and _block_k(block_size[1]) >= _MIN_DOT_DIM
@@ -203,11 +208,11 @@ def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     """``x: [M, K]`` (inputs in kernel order: the caller applies act-order's ``perm``) times the
     canonical int weights (``qweight`` int32 ``[K / P, N]``, ``scales`` ``[G, N]``, ``zeros`` uint8
     ``[G, N]`` or None for ``2**(bits - 1)``), plus ``bias: [N]`` -> ``[M, N]`` in x's dtype."""
-    _check_activations(x, bias)
+    _check_activations(x)
     if bits not in INT_BITS:
         raise ValueError(f"bits must be one of {INT_BITS}; got {bits}")
     if not supports_int(bits, group_size):
-        raise ValueError(f"group_size {group_size} is not a multiple of {_MIN_DOT_DIM}; use the torch kernel")
+        raise ValueError(f"group_size {group_size} is not a multiple of {_MIN_DOT_DIM}")
     num_rows, num_inputs = x.shape
     num_outputs = qweight.shape[1] if qweight.dim() == 2 else -1
     num_groups = num_inputs // group_size
@@ -216,7 +221,7 @@ def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                          f"got {qweight.dtype} {tuple(qweight.shape)}")
     if num_inputs % group_size:
         raise ValueError(f"group_size {group_size} does not divide the {num_inputs} inputs")
-    if scales.dtype not in ACTIVATION_DTYPES or scales.shape != (num_groups, num_outputs):
+    if scales.dtype not in FLOAT_DTYPES or scales.shape != (num_groups, num_outputs):
         raise ValueError(f"scales must be a float [{num_groups}, {num_outputs}] tensor; "
                          f"got {scales.dtype} {tuple(scales.shape)}")
     if zeros is not None and (zeros.dtype != torch.uint8 or zeros.shape != scales.shape):
@@ -251,7 +256,7 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, strat
     ``scale`` float32 ``[1]`` for "tensor", ``[N, 1]`` for "channel", ``[ceil(N / bn),
     ceil(K / bk)]`` for "block" with ``block_size = (bn, bk)``), plus ``bias: [N]`` -> ``[M, N]``
     in x's dtype. Weight-only: x is not quantized."""
-    _check_activations(x, bias)
+    _check_activations(x)
     if strategy not in FP8_STRATEGIES:
         raise ValueError(f"strategy must be one of {FP8_STRATEGIES}; got {strategy!r}")
     if not supports_fp8(strategy, block_size):
@@ -275,13 +280,13 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, strat
     out = torch.empty(num_rows, num_outputs, dtype=x.dtype, device=x.device)
     if num_rows == 0 or num_outputs == 0:
         return out
-    scale_2d = scale.view(expected if strategy == "block" else (-1, 1))
-    # A tensor scale is read at offset 0 for every weight (strides 0); a channel scale at row n.
-    scale_strides = (0, 0) if strategy == "tensor" else scale_2d.stride()
+    # A tensor scale is read at offset 0 for every weight; a channel scale at row n, a block's at
+    # (n // bn, k // bk).
+    scale_strides = (0, 0) if strategy == "tensor" else scale.stride()
     block_m, tile_n = _block_mn(num_rows)
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(num_outputs, tile_n))
     _fp8_matmul_kernel[grid](
-        out, x, weight.view(torch.uint8), scale_2d, out if bias is None else bias,
+        out, x, weight.view(torch.uint8), scale, out if bias is None else bias,
         num_rows, num_outputs, num_inputs, x.stride(0), weight.stride(0), out.stride(0), *scale_strides,
         fp16_view_factor(_FP8_E4M3),
         SCALE_BLOCK_N=block_n,
@@ -295,10 +300,10 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, strat
     return out
 
 
-def _check_activations(x: torch.Tensor, bias: torch.Tensor | None) -> None:
+def _check_activations(x: torch.Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K]; got shape {tuple(x.shape)}")
-    if x.dtype not in ACTIVATION_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be float16, bfloat16 or float32; got {x.dtype}")
     if x.stride(1) != 1:
         raise ValueError("x must be contiguous along K")

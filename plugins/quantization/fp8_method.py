@@ -11,8 +11,12 @@ oneDNN pre-packed bfloat16 where the CPU has it (0.052 ms at M = 1, 0.54 ms at M
 stay in the model's dtype (weight-only); a per-tile C kernel that reads FP8 bytes would
 halve the memory and is the next step if it matters.
 
-Elsewhere (CUDA until the Triton kernels land) the weight stays FP8 and is dequantized into
-the activations' dtype at each call (:class:`TorchFp8Kernel`).
+On CUDA with Triton installed, the weight stays FP8 and fw's Triton kernel
+(``fw.kernels.triton_quant.fp8_matmul``, :class:`TritonFp8Kernel`) widens each tile in registers
+and applies the tensor, channel or block scales to the partial sums. Elsewhere (CUDA without
+Triton, scale blocks whose width is no multiple of 16 inputs, other devices) the weight stays
+FP8 and is dequantized into the activations' dtype at each call (:class:`TorchFp8Kernel`). All
+of them compute weight-only: the checkpoint's activation scheme is not applied.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fw.plugins.quantization.fp8_weights import (
     per_part_to_channel,
     quantize_per_channel,
 )
+from fw.plugins.quantization.int_kernels import load_triton_quant
 from fw.plugins.quantization.int_method import add_param
 
 
@@ -68,8 +73,31 @@ class TorchFp8Kernel(nn.Module):
         return F.linear(x, dequantize(weights, x.dtype), bias)
 
 
+class TritonFp8Kernel(nn.Module):
+    """fw's Triton FP8 matmul (fw.kernels.triton_quant) on the FP8 weight and its scales as they are."""
+
+    def __init__(self, weights: Fp8Weights) -> None:
+        super().__init__()
+        from fw.kernels import triton_quant  # Triton loads with the first CUDA layer, not with the plugin
+
+        self.triton_quant = triton_quant
+        self.strategy, self.block_size = weights.strategy, weights.block_size
+        self.register_buffer("weight", weights.weight)
+        self.register_buffer("scale", weights.scale)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.triton_quant.fp8_matmul(x, self.weight, self.scale, self.strategy, self.block_size, bias)
+
+
 def fp8_kernel_for(weights: Fp8Weights, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    return DenseFp8Kernel(weights, dtype) if device.type == "cpu" else TorchFp8Kernel(weights)
+    """The kernel for weights on ``device`` (see the module docstring)."""
+    if device.type == "cpu":
+        return DenseFp8Kernel(weights, dtype)
+    if device.type == "cuda":
+        triton_quant = load_triton_quant()
+        if triton_quant is not None and triton_quant.supports_fp8(weights.strategy, weights.block_size):
+            return TritonFp8Kernel(weights)
+    return TorchFp8Kernel(weights)
 
 
 class Fp8LinearMethodBase(LinearMethod):

@@ -17,7 +17,8 @@
   M = 8 and 24 ms at M = 512). The crossing is near 16 rows on both shapes.
 - CUDA, with Triton installed and a group size the kernel takes (``fw.kernels.triton_quant.
   supports_int``: multiples of 16): :class:`TritonIntKernel`, fw's Triton GEMM on the packed
-  codes (it unpacks each tile in registers, the weight is never dequantized in memory).
+  codes: it unpacks each tile in registers and scales the tile's partial sums, so the weight is
+  never dequantized into memory (not yet timed against dequantize + matmul on a GPU).
 - Anywhere else (CUDA without Triton or with odd group sizes, CPU shapes the C kernel refuses,
   no C compiler): :class:`TorchIntKernel`, the reference computation in torch: dequantize into
   the activations' dtype, then matmul, every call (memory stays at the packed size).
@@ -130,7 +131,9 @@ class TritonIntKernel(nn.Module):
 
     def __init__(self, weights: IntWeights) -> None:
         super().__init__()
-        self.triton_quant = triton_quant_kernels()
+        from fw.kernels import triton_quant  # Triton loads with the first CUDA layer, not with the plugin
+
+        self.triton_quant = triton_quant
         self.bits, self.group_size = weights.bits, weights.group_size
         self.register_buffer("qweight", weights.qweight)
         self.register_buffer("scales", weights.scales)
@@ -142,9 +145,9 @@ class TritonIntKernel(nn.Module):
                                             self.bits, self.group_size, bias)
 
 
-def triton_quant_kernels() -> ModuleType | None:
-    """fw.kernels.triton_quant, or None where Triton is not installed. Imported only for a CUDA
-    device, so that fw imports, and computes on a CPU, without Triton."""
+def load_triton_quant() -> ModuleType | None:
+    """fw.kernels.triton_quant, or None where Triton is not installed. Called for CUDA devices
+    only: fw imports, and computes on a CPU, without Triton."""
     try:
         return importlib.import_module("fw.kernels.triton_quant")
     except ImportError:
@@ -154,14 +157,14 @@ def triton_quant_kernels() -> ModuleType | None:
 def int_kernel_for(weights: IntWeights, device: torch.device, scratch: ScratchBuffers) -> nn.Module:
     """The kernel for weights on ``device`` (see the module docstring)."""
     if device.type == "cuda":
-        kernels = triton_quant_kernels()
-        if kernels is not None and kernels.supports_int(weights.bits, weights.group_size):
+        triton_quant = load_triton_quant()
+        if triton_quant is not None and triton_quant.supports_int(weights.bits, weights.group_size):
             return TritonIntKernel(weights)
-        return TorchIntKernel(weights)
-    from fw.kernels import cpu_quant
+    elif device.type == "cpu":
+        from fw.kernels import cpu_quant
 
-    if device.type == "cpu" and cpu_quant.supports(weights.out_features, weights.bits, weights.group_size):
-        return CpuIntKernel(weights, scratch)
+        if cpu_quant.supports(weights.out_features, weights.bits, weights.group_size):
+            return CpuIntKernel(weights, scratch)
     return TorchIntKernel(weights)
 
 

@@ -122,7 +122,8 @@ def test_every_method_is_registered_with_its_own_entry_point():
 
 
 def test_the_torch_kernels_for_other_devices_match_the_reference(quant_cases):
-    """What CUDA runs until the Triton kernels land (and CPU shapes the C kernel refuses)."""
+    """What CUDA runs without Triton or for layouts the Triton kernels refuse (and CPU shapes the C
+    kernel refuses); the Triton kernels' own tests are tests/kernels/test_triton_quant.py."""
     from fw.plugins.quantization.fp8_method import TorchFp8Kernel
     from fw.plugins.quantization.int_kernels import TorchIntKernel
 
