@@ -153,6 +153,11 @@ class PackedMatrix:
         self.packed, self.ggml_type, self.n, self.k = packed, ggml_type, n, k
         self._pointer, self._isa = packed.data_ptr(), ISAS[isa or default_isa()]
 
+    def c_call(self) -> tuple[int, int, int, int]:
+        """``(address of gguf_matmul, type, isa code, weight address)``: what a caller in C
+        passes to compute this matmul (fw.kernels.cpu_decode)."""
+        return ctypes.cast(self.library.gguf_matmul, ctypes.c_void_p).value, self.ggml_type, self._isa, self._pointer
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """As :func:`matmul`."""
         m, n = x.shape[0], self.n

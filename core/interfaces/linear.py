@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
 import torch
@@ -14,6 +15,28 @@ if TYPE_CHECKING:
 #: layer, the part ``shard_id`` names: ``"q"``/``"k"``/``"v"`` or a gate/up index) into this
 #: rank's slice of ``param``.
 WeightLoaderFn = Callable[["nn.Parameter", torch.Tensor, Union[str, int, None]], None]
+
+
+@dataclass(frozen=True)
+class NativeMatmul:
+    """Output columns ``[column, column + rows)`` of a linear layer as one C call, for platforms
+    that run a whole step natively (``Platform.fused_decoder``).
+
+    ``function`` is the address of ``int f(int kind, int isa, const uint8_t *weight, int64_t
+    rows, int64_t in_features, const void *x, int64_t x_stride, int x_dtype, int64_t m, void
+    *out, int64_t out_stride, int out_dtype, int threads)``, which writes ``x[m, in_features]
+    @ W.T`` into ``out`` (strides in elements, dtypes 0 float32 and 1 bfloat16) and returns 0;
+    ``kind``, ``isa`` and ``weight`` (an address) are passed through. ``owner`` keeps the
+    weight's memory alive.
+    """
+
+    function: int
+    kind: int
+    isa: int
+    weight: int
+    rows: int
+    column: int
+    owner: object
 
 
 class LinearMethod(ABC):
@@ -61,3 +84,8 @@ class LinearMethod(ABC):
         Called on the token path, once per layer per step: decide everything that can be
         decided earlier in ``create_weights`` or ``process_weights_after_loading``.
         """
+
+    def native_matmuls(self, layer: nn.Module) -> list[NativeMatmul] | None:
+        """The layer's matmul (bias excluded) as C calls covering its outputs in order, or None
+        (the default) when it has none; asked once, after loading."""
+        return None

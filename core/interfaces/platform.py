@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 import torch
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fw.core.config.cache import CacheConfig
+    from fw.core.forward_context import AttentionMetadata
     from fw.core.interfaces.attention import AttentionBackend
     from fw.core.interfaces.linear import LinearMethod
     from fw.core.interfaces.ops import PlatformOps
@@ -19,6 +22,15 @@ if TYPE_CHECKING:
 class MemoryInfo:
     free_bytes: int
     total_bytes: int
+
+
+class FusedDecoder(Protocol):
+    """A step through a whole model in native code (``Platform.fused_decoder``)."""
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
+                 kv_caches: list[torch.Tensor]) -> torch.Tensor | None:
+        """The model's final hidden states ``[T, hidden]`` for the step, exactly as its forward
+        computes them (the KV cache written likewise), or None for a step it does not run."""
 
 
 class Platform(ABC):
@@ -102,6 +114,14 @@ class Platform(ABC):
         from fw.core.layers.ops import UnquantizedLinearMethod
 
         return UnquantizedLinearMethod()
+
+    def fused_decoder(self, model: nn.Module) -> FusedDecoder | None:
+        """A native path for steps of single-token decodes through ``model`` (loaded), or None.
+
+        Called once by the model runner. The default is None: every step runs the model's
+        forward.
+        """
+        return None
 
     def torch_device(self, index: int = 0) -> torch.device:
         """The torch device for the ``index``-th device of this platform."""

@@ -67,6 +67,9 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         # Until the first real batch has run (dummy_run does not count): see KVCacheSpec.calculate_scales.
         self.kv_scales_pending = kv_spec.calculate_scales
+        # Steps of single-token decodes in one native call, where the platform has a path for
+        # this model (its output is the forward's, bit for bit); None: always the forward.
+        self.fused_decoder = platform.fused_decoder(model)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         spec = self.kv_spec
@@ -124,8 +127,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, block_manager: BlockManager) -> StepResult:
         input_ids, positions, metadata, sample_rows, sample_seqs, prompt_rows = self._prepare(batch, block_manager)
-        with forward_context(ForwardContext(metadata, self.kv_caches, self.backend, self.kv_scales_pending)):
-            hidden = self.model(input_ids, positions)
+        hidden = None
+        if self.fused_decoder is not None and not self.kv_scales_pending:
+            hidden = self.fused_decoder(input_ids, positions, metadata, self.kv_caches)
+        if hidden is None:
+            with forward_context(ForwardContext(metadata, self.kv_caches, self.backend, self.kv_scales_pending)):
+                hidden = self.model(input_ids, positions)
         if self.kv_scales_pending:
             self.kv_scales_pending = False
             logger.info("KV-cache scales calculated from the first batch (%d tokens); fixed from now on",

@@ -15,8 +15,11 @@ from fw.core.hookspecs import hookimpl
 from fw.core.interfaces import MemoryInfo, Platform
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fw.core.config.cache import CacheConfig
     from fw.core.interfaces import AttentionBackend, LinearMethod, PlatformOps
+    from fw.core.interfaces.platform import FusedDecoder
 
 #: What oneDNN's bfloat16 weight packing needs, any one of these sets of instructions: torch
 #: refuses without ("mkldnn_reorder_linear_weight: bf16 path needs the cpu support
@@ -105,6 +108,12 @@ class CpuPlatform(Platform):
 
             return CpuOps()
         return super().ops(dtype)
+
+    def fused_decoder(self, model: nn.Module) -> FusedDecoder | None:
+        """Steps of single-token decodes in one C call, for the Llama family on native matmuls."""
+        from fw.plugins.platforms.cpu_decode import fused_decoder
+
+        return fused_decoder(model)
 
     def unquantized_linear_method(self, dtype: torch.dtype) -> LinearMethod:
         """oneDNN pre-packed weights for bf16 where the CPU can run them (``can_pack_bf16_weights``)."""

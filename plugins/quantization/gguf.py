@@ -26,7 +26,7 @@ from torch import nn
 
 from fw.core.distributed import tensor_parallel_size
 from fw.core.hookspecs import hookimpl
-from fw.core.interfaces.linear import LinearMethod, WeightLoaderFn
+from fw.core.interfaces.linear import LinearMethod, NativeMatmul, WeightLoaderFn
 from fw.core.interfaces.quantization import QuantizationMethod
 from fw.core.layers.embedding import EmbeddingMethod
 
@@ -66,6 +66,14 @@ class GGUFLinearMethod(LinearMethod):
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out = layer.weight.gguf.matmul(x)
         return out if bias is None else out.add_(bias)
+
+    def native_matmuls(self, layer: nn.Module) -> list[NativeMatmul] | None:
+        """One gguf_matmul call per segment, when the kernels compute every segment."""
+        segments = layer.weight.gguf.segments
+        if any(segment.kernel is None for segment in segments):
+            return None
+        return [NativeMatmul(*segment.kernel.c_call(), rows=segment.rows, column=segment.start, owner=segment.data)
+                for segment in segments]
 
 
 class GGUFEmbeddingMethod(EmbeddingMethod):

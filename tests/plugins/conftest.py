@@ -1,4 +1,5 @@
-"""Tiny checkpoints for the loader tests, built in tmp dirs (never downloaded).
+"""Tiny checkpoints for the plugin tests (loaders, quantization, the CPU platform's fused
+decoder), built in tmp dirs (never downloaded).
 
 Models are transformers classes with tiny configs and seeded random weights, saved the
 way real checkpoints are (``save_pretrained``, huggingface_hub's ``.bin`` sharding,
